@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -106,9 +107,10 @@ def train(
         result = run_train(cfg, out, resume=resume, data_root=data)
     except ConfigError as e:
         _fail(e)
-    typer.echo(json.dumps({k: result[k] for k in ("layer", "task", "metric", "value", "chance", "beats_chance",
-                                                   "train_time_s")}, default=str))
-    typer.echo(f"run folder: {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0 reports
+        typer.echo(json.dumps({k: result[k] for k in ("layer", "task", "metric", "value", "chance", "beats_chance",
+                                                       "train_time_s")}, default=str))
+        typer.echo(f"run folder: {out}")
 
 
 @bench_app.command("lra")

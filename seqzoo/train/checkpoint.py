@@ -107,7 +107,11 @@ def load(path: str | Path, model: nn.Module, map_location: str | torch.device = 
     from safetensors.torch import load_model
 
     path = Path(path)
-    missing, unexpected = load_model(model, str(path / MODEL), strict=False, device=str(map_location))
+    try:
+        missing, unexpected = load_model(model, str(path / MODEL), strict=False, device=str(map_location))
+    except RuntimeError as e:  # shapes differ
+        raise RuntimeError(f"checkpoint {path} does not match the model (was it written with other model "
+                           f"options?): {e}") from None
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
                            f"unexpected {sorted(unexpected)[:5]} (was it written with other model options?)")

@@ -232,8 +232,11 @@ def resolve(cfg: RunConfig) -> Plan:
     get_task(cfg.task)
     task_cfg = make_task_config(cfg.task, **cfg.task_options)
     task_cls = get_task(cfg.task).cls
-    info = task_cls.make_info(task_cfg, "train")
-    eval_info = {s: task_cls.make_info(task_cfg, s) for s in ("val", "test")}
+    try:  # some checks need the whole task config (e.g. pool must divide Pathfinder's image side)
+        info = task_cls.make_info(task_cfg, "train")
+        eval_info = {s: task_cls.make_info(task_cfg, s) for s in ("val", "test")}
+    except ValueError as e:
+        raise ConfigError(f"task {cfg.task!r}: {e}") from None
 
     fields = config_fields(spec.config)
     options = _layer_file_options(cfg.layer)

@@ -46,7 +46,7 @@ from seqzoo.config import ConfigError
 from seqzoo.train import checkpoint
 from seqzoo.train.config import Plan, RunConfig, resolve
 
-__all__ = ["train", "Dist", "ResumableSampler", "param_groups", "lr_lambda", "evaluate", "chance_verdict",
+__all__ = ["train", "Dist", "ResumableSampler", "param_groups", "param_hash", "lr_lambda", "evaluate", "chance_verdict",
            "build_datasets", "build_run_model", "RunExists"]
 
 
@@ -214,6 +214,18 @@ def _to(x: Any, device: torch.device) -> Any:
     if isinstance(x, (tuple, list)):
         return type(x)(_to(v, device) for v in x)
     return x
+
+
+def param_hash(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names, shapes and bytes, in state-dict order)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -481,6 +493,11 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
     train_time = time.perf_counter() - t0
     save_ckpt()
 
+    hashes = [param_hash(model)]  # every process must end with the same weights
+    if d.on:
+        hashes = [None] * d.world
+        torch_dist.all_gather_object(hashes, param_hash(model))
+
     t1 = time.perf_counter()
     final = {split: evaluate(net, datasets[split], plan, split, d=d, device=device, autocast=autocast)
              for split in ("val", "test")}
@@ -493,7 +510,7 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
         "params": n_params, "steps": step, "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,
         "train_time_s": round(train_time, 3), "eval_time_s": round(eval_time, 3), "data_time_s": round(t_data, 3),
-        "world_size": d.world, "device": str(device), "threads": torch.get_num_threads(),
+        "world_size": d.world, "param_hashes": hashes, "device": str(device), "threads": torch.get_num_threads(),
         "resumed_from": resumed_from, "history": history, "evals": evals,
         "seq_len": {"train": info.seq_len, "test": plan.eval_info["test"].seq_len},
         "tokenizer": cfg.tokenizer, "config": cfg.to_dict(),
