@@ -30,12 +30,13 @@ __all__ = ["build_layer", "step_loop", "compare_modes", "speed_sweep", "modes_ta
 
 def build_layer(name: str, d_model: int, length: int, **options: Any):
     """A registered layer with its default options (``l_max`` set to ``length`` where it
-    has one), in eval mode."""
+    has one, at least ``d_state + 1``), in eval mode."""
     import seqzoo
 
-    fields = {f.name for f in dataclasses.fields(seqzoo.get_layer(name).config)}
+    fields = {f.name: f for f in dataclasses.fields(seqzoo.get_layer(name).config)}
     if "l_max" in fields and "l_max" not in options:
-        options["l_max"] = length
+        d_state = options.get("d_state", fields["d_state"].default if "d_state" in fields else 0)
+        options["l_max"] = max(length, d_state + 1)  # RTF's kernel needs more taps than the state
     return seqzoo.build(name, d_model=d_model, **options).eval()
 
 

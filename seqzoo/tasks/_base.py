@@ -191,13 +191,19 @@ class CachedTask(TaskDataset):
     whenever the generator's output changes (old caches then count as stale)."""
 
     version: ClassVar[int] = 1
+    # Options added after a task shipped: left out of the cache key while at their default,
+    # so existing caches stay valid (the data at the default are what they were).
+    key_omit_defaults: ClassVar[tuple[str, ...]] = ("pool", "side")
 
     def __init__(self, config, split, size, *, root=None, workers=None, progress=True, mmap=True):
         super().__init__(config, split, size, root=root, workers=workers, progress=progress)
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        config_key = {k: v for k, v in dataclasses.asdict(config).items()
+                      if not (k in self.key_omit_defaults and v == defaults.get(k))}
         key = {
             "task": self.task_name,
             "version": self.version,
-            "config": dataclasses.asdict(config),
+            "config": config_key,
             "split": split,
             "size": self.size,
             **self.source_fingerprint(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     """One cache root for the session: a task's splits are generated once."""

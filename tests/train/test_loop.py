@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import seqzoo
-from seqzoo.train import compose, resolve, train
 from seqzoo.train import checkpoint as ckpt
+from seqzoo.train import compose, resolve, train
 from seqzoo.train.loop import (
     ResumableSampler,
     _aux_loss,
