@@ -2,6 +2,7 @@
 """The README's two commands: set up a virtual environment and run seqzoo.
 
     python3 scripts/dev.py run    # venv + torch + build the extension + run the main job
+                                  # (seqzoo bench lra --preset quick: every layer x every task)
     python3 scripts/dev.py test   # venv + torch + build the extension + run the test suite
 
 Both create ``.venv`` next to this repository on first use and reuse it after.
@@ -24,7 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("SEQZOO_VENV", ROOT / ".venv"))
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
-MAIN_JOB = ["-m", "seqzoo.cli", "demo"]
+# The main job: every registered layer x every task at small sizes (the quick preset);
+# prints the results table and the paths of results.md, results.jsonl and accuracy.png.
+MAIN_JOB = ["-m", "seqzoo.cli", "bench", "lra", "--preset", "quick"]
 
 
 def _bin(name: str) -> Path:

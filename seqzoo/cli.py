@@ -1,18 +1,29 @@
 """The ``seqzoo`` command line.
 
-    seqzoo list               registered layers (and tasks, when available)
-    seqzoo demo               every layer: parallel vs recurrent, max difference and time
-    seqzoo tokenizer ...      train / evaluate / compare VQ and FSQ tokenizers (seqzoo.quant)
+    seqzoo list                            registered layers and tasks
+    seqzoo train --task listops --layer s4d [--preset quick] [key=value ...]
+                                           one training run (resumes from its checkpoints);
+                                           also under ``torchrun --nproc_per_node=K -m seqzoo.cli train ...``
+    seqzoo bench lra --preset quick        every layer x every task: results.jsonl, results.md, accuracy.png
+    seqzoo bench modes                     every layer: parallel vs recurrent (difference, time, memory, latency)
+    seqzoo bench speed                     time and memory against L for both modes; step latency vs position
+    seqzoo demo                            every layer: parallel vs recurrent, max difference and time
+    seqzoo tokenizer ...                   train / evaluate / compare VQ and FSQ tokenizers (seqzoo.quant)
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
+from typing import Annotated
 
 import torch
 import typer
 
 import seqzoo
+from seqzoo.config import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="seqzoo: sequence layers in parallel and recurrent form.")
 
@@ -26,13 +37,198 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+bench_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="Benchmarks: the LRA-style suite, parallel vs recurrent modes, speed against L.")
+app.add_typer(bench_app, name="bench")
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
 @app.command("list")
 def list_cmd() -> None:
-    """List the registered layers."""
+    """List the registered layers and tasks."""
+    import seqzoo.tasks
+
+    typer.echo("layers:")
     for name in seqzoo.list_layers():
         spec = seqzoo.get_layer(name)
         doc = (spec.cls.__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name:16s} {doc}")
+        typer.echo(f"  {name:16s} {doc}")
+    typer.echo("tasks:")
+    for name in seqzoo.tasks.list_tasks():
+        info = seqzoo.tasks.task_info(name)
+        kind = {"class": f"{info.n_classes} classes", "sequence": "per-position targets",
+                "regression": "regression"}[info.target]
+        typer.echo(f"  {name:16s} L={info.seq_len:<6d} {kind:22s} {info.description}")
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    task: Annotated[str, typer.Option(help="task (seqzoo list); its config is configs/lra/<task>.yaml")],
+    layer: Annotated[str, typer.Option(help="layer (seqzoo list); options from configs/layers/<layer>.yaml")] = "s4d",
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="key=value overrides of the run config (steps=500, lr=3e-3, task.seq_len=512, layer.d_state=16)")] = None,
+    preset: Annotated[str, typer.Option(help="full (configs/lra as is) or a folder of configs/presets/")] = "full",
+    config: Annotated[Path | None, typer.Option(help="a run config YAML used instead of configs/lra/<task>.yaml")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder [default: runs/train/<task>-<layer>]")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint in --out")] = True,
+    data: Annotated[Path | None, typer.Option(help="data cache root [default: $SEQZOO_DATA or ~/.cache/seqzoo]")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    dry_run: Annotated[bool, typer.Option(help="validate, build the model, print the plan; no data, no training")] = False,
+) -> None:
+    """Train one layer on one task; evaluate on val and test; save checkpoints and result.json."""
+    from seqzoo.train import compose, resolve
+    from seqzoo.train import train as run_train
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        cfg = compose(task, layer, preset=preset, overrides=overrides or [], config=config)
+    except ConfigError as e:
+        _fail(e)
+    if dry_run:
+        from seqzoo.train.loop import build_run_model
+
+        plan = resolve(cfg)
+        model = build_run_model(plan)
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        typer.echo(json.dumps(cfg.to_dict(), indent=2, default=str))
+        typer.echo(f"{layer} x {task}: {n:,} parameters; train L={plan.info.seq_len}, test L={plan.eval_info['test'].seq_len}")
+        return
+    out = out or Path("runs/train") / f"{task}-{layer}"
+    try:
+        result = run_train(cfg, out, resume=resume, data_root=data)
+    except ConfigError as e:
+        _fail(e)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0 reports
+        typer.echo(json.dumps({k: result[k] for k in ("layer", "task", "metric", "value", "chance", "beats_chance",
+                                                       "train_time_s")}, default=str))
+        typer.echo(f"run folder: {out}")
+
+
+@bench_app.command("lra")
+def bench_lra(
+    preset: Annotated[str, typer.Option(help="quick (CPU minutes) | full (LRA-sized, for a GPU) | a configs/presets folder")] = "quick",
+    layers: Annotated[str | None, typer.Option(help="comma-separated layers [default: all registered]")] = None,
+    tasks: Annotated[str | None, typer.Option(help="comma-separated tasks [default: all registered]")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides applied to every run")] = None,
+    out: Annotated[Path | None, typer.Option(help="results folder [default: runs/bench/lra-<preset>]")] = None,
+    jobs: Annotated[int | None, typer.Option(help="runs in parallel (processes) [default: min(2, CPUs)]")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads per process")] = 1,
+    data: Annotated[Path | None, typer.Option(help="data cache root [default: $SEQZOO_DATA or ~/.cache/seqzoo]")] = None,
+    resume: Annotated[bool, typer.Option(help="reuse finished runs in --out that have the same config")] = True,
+    dry_run: Annotated[bool, typer.Option(help="validate every config and build every model; no data, no training")] = False,
+) -> None:
+    """Every layer x every task under a preset: results.jsonl, results.md (table; with the
+    full preset, the published LRA numbers beside ours) and accuracy.png."""
+    from seqzoo.train.suite import plan_suite, run_suite
+
+    try:
+        if dry_run:
+            _dry_run(plan_suite(preset, _names(layers), _names(tasks), overrides or []))
+            return
+        s = run_suite(preset, out, layers=_names(layers), tasks=_names(tasks), overrides=overrides or [], jobs=jobs,
+                      threads=threads, data_root=data, resume=resume)
+    except ConfigError as e:
+        _fail(e)
+    typer.echo("")
+    typer.echo(s.table)
+    typer.echo("")
+    for name, path in s.files.items():
+        typer.echo(f"{name:14s} {path}")
+
+
+def _dry_run(cells) -> None:
+    from seqzoo.timing import table
+    from seqzoo.train import resolve
+    from seqzoo.train.loop import build_run_model
+
+    rows = []
+    for cell in cells:
+        plan = resolve(cell.config)
+        c = cell.config
+        n = sum(p.numel() for p in build_run_model(plan).parameters() if p.requires_grad)
+        rows.append((cell.task, cell.layer, plan.info.seq_len, c.d_model, c.n_layers, f"{n:,}", c.steps, c.batch_size,
+                     c.lr, c.train_size if c.train_size is not None else "default"))
+    typer.echo(table(("task", "layer", "L", "d_model", "layers", "params", "steps", "batch", "lr", "train items"), rows))
+    typer.echo(f"{len(cells)} runs validated and built (no data generated, nothing trained)")
+
+
+@bench_app.command("modes")
+def bench_modes(
+    layers: Annotated[str | None, typer.Option(help="comma-separated layers [default: all]")] = None,
+    length: Annotated[int, typer.Option(help="sequence length L")] = 1024,
+    d_model: Annotated[int, typer.Option()] = 64,
+    batch: Annotated[int, typer.Option()] = 1,
+    repeats: Annotated[int, typer.Option(help="timed repeats (medians)")] = 3,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/bench/modes"),
+) -> None:
+    """Every layer, parallel vs recurrent inference on one sequence: max difference, time and
+    peak memory of each mode, per-token step latency. One table (modes.md) and one plot (modes.png)."""
+    from seqzoo.speed import compare_modes, modes_table, plot_modes, write_jsonl
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        rows = compare_modes(_names(layers), d_model=d_model, length=length, batch=batch, repeats=repeats)
+    except ConfigError as e:
+        _fail(e)
+    text = (f"seqzoo bench modes: B={batch}, L={length}, d_model={d_model}, float32, {torch.get_num_threads()} "
+            f"thread(s), torch {torch.__version__}\n\n" + modes_table(rows))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "modes.md").write_text(text + "\n")
+    files = [write_jsonl(rows, out / "modes.jsonl"), out / "modes.md", plot_modes(rows, out / "modes.png")]
+    typer.echo(text)
+    for f in files:
+        if f is not None:
+            typer.echo(str(f))
+
+
+@bench_app.command("speed")
+def bench_speed(
+    layers: Annotated[str | None, typer.Option(help="comma-separated layers [default: all]")] = None,
+    lengths: Annotated[str, typer.Option(help="comma-separated sequence lengths")] = "256,1024,4096",
+    positions: Annotated[str, typer.Option(help="comma-separated positions for the step latency")] = "1,256,1024,4096",
+    d_model: Annotated[int, typer.Option()] = 64,
+    batch: Annotated[int, typer.Option()] = 1,
+    repeats: Annotated[int, typer.Option(help="timed repeats (medians)")] = 3,
+    max_recurrent_length: Annotated[int, typer.Option(help="longest L timed in the recurrent form")] = 4096,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/bench/speed"),
+) -> None:
+    """Time and peak memory against L for the parallel and recurrent forms of every layer,
+    and step latency against position: speed.md, speed.jsonl, speed.png."""
+    from seqzoo.speed import plot_speed, speed_sweep, speed_tables, write_jsonl
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        Ls = [int(v) for v in lengths.split(",") if v.strip()]
+        Ps = [int(v) for v in positions.split(",") if v.strip()]
+    except ValueError:
+        _fail(ValueError(f"--lengths/--positions must be comma-separated integers, got {lengths!r}, {positions!r}"))
+    try:
+        rows = speed_sweep(_names(layers), d_model=d_model, lengths=Ls, positions=Ps, batch=batch, repeats=repeats,
+                           max_recurrent_length=max_recurrent_length)
+    except ConfigError as e:
+        _fail(e)
+    text = (f"seqzoo bench speed: B={batch}, d_model={d_model}, float32, {torch.get_num_threads()} thread(s), "
+            f"torch {torch.__version__}\n\n" + speed_tables(rows))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.md").write_text(text + "\n")
+    files = [write_jsonl(rows, out / "speed.jsonl"), out / "speed.md", plot_speed(rows, out / "speed.png")]
+    typer.echo(text)
+    for f in files:
+        if f is not None:
+            typer.echo(str(f))
 
 
 def _time(fn, repeats: int = 3) -> float:

@@ -14,8 +14,10 @@ Data sets (``make_dataset(name, split)``, all offline and deterministic):
     digits8    the raw 8x8 images: L = 64, C = 1
     waves      procedural multi-channel signals: sums of 3 random sinusoids per channel
                with a random chirp and noise, L = 256, C = 2
-The split is a fixed 80/20 permutation (digits) or a fixed seed per split (waves). When
-``seqzoo.tasks`` lands, ``make_dataset`` is the one place to route names to it.
+The split is a fixed 80/20 permutation (digits) or a fixed seed per split (waves).
+Any other name is a real-valued task of :mod:`seqzoo.tasks` (``image``, ``shapes``,
+``pathfinder``, ``pathx``, ``adding``), built with ``seqzoo.tasks.build`` (splits "train",
+"val", "test"; ``size``, ``root`` and task options pass through).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from seqzoo.config import ConfigError, config_from_dict, load_yaml
 from seqzoo.quant.metrics import code_histogram, masked_mse, perplexity
 from seqzoo.quant.tokenizer import Tokenizer, TokenizerConfig
 
-__all__ = ["DATASETS", "app", "evaluate_tokenizer", "make_dataset", "train_tokenizer"]
+__all__ = ["DATASETS", "app", "check_data_name", "evaluate_tokenizer", "make_dataset", "train_tokenizer"]
 
 DATASETS = ("digits", "digits32", "digits8", "waves")
 
@@ -74,27 +76,47 @@ def _waves(split: str, n: int | None = None, length: int = 256, channels: int = 
     return TensorDataset(x.transpose(1, 2).contiguous(), torch.zeros(n, dtype=torch.long))  # (n, L, C)
 
 
-def make_dataset(name: str, split: str = "train") -> Dataset:
-    """A data set of (signal (L, C) float32, label) pairs: ``name`` in :data:`DATASETS`,
-    ``split`` in {"train", "test"}."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if name == "digits":
-        return _digits(16, split)
-    if name == "digits32":
-        return _digits(32, split)
-    if name == "digits8":
-        return _digits(8, split)
-    if name == "waves":
+def check_data_name(name: str) -> None:
+    """Raise ValueError (listing the valid names) if ``name`` is not a data set make_dataset knows."""
+    if name in DATASETS:
+        return
+    from seqzoo import tasks
+
+    if name not in tasks.list_tasks() or tasks.task_info(name).inputs != "real":
+        real = [t for t in tasks.list_tasks() if tasks.task_info(t).inputs == "real"]
+        raise ValueError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}, or a real-valued task: "
+                         f"{', '.join(real)}")
+
+
+def make_dataset(name: str, split: str = "train", *, size: int | None = None, root=None, **options: Any) -> Dataset:
+    """A data set of (signal (L, C) float32, label) pairs: ``name`` in :data:`DATASETS`
+    (``split`` in {"train", "test"}) or a real-valued :mod:`seqzoo.tasks` task (``split``
+    in {"train", "val", "test"}; ``size``, ``root`` and task ``options`` go to
+    ``seqzoo.tasks.build``)."""
+    if name in DATASETS:
+        if size is not None or root is not None or options:
+            raise ValueError(f"data set {name!r} takes no size, root or options (those are for seqzoo.tasks tasks)")
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if name == "digits":
+            return _digits(16, split)
+        if name == "digits32":
+            return _digits(32, split)
+        if name == "digits8":
+            return _digits(8, split)
         return _waves(split)
-    raise ValueError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
+    from seqzoo import tasks
+
+    check_data_name(name)
+    return tasks.build(name, split=split, size=size, root=root, progress=False, **options)
 
 
 def _signals(ds: Dataset) -> Tensor:
     """All signals of a data set as one tensor (N, L, C)."""
     if isinstance(ds, TensorDataset):
         return ds.tensors[0]
-    return torch.stack([ds[i][0] if isinstance(ds[i], (tuple, list)) else ds[i] for i in range(len(ds))])
+    items = (ds[i] for i in range(len(ds)))
+    return torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
 
 
 # ---------------------------------------------------------------------- loops
@@ -141,13 +163,15 @@ def evaluate_tokenizer(tok: Tokenizer, test_x: Tensor, train_x: Tensor | None = 
 
 def train_tokenizer(config: TokenizerConfig, data: str = "digits", *, steps: int = 1500, batch_size: int = 32,
                     lr: float = 2e-3, seed: int = 0, out: str | Path | None = None, log_every: int = 100,
-                    time_limit: float | None = None, device: str = "cpu", log=print) -> tuple[Tokenizer, dict]:
-    """Train a tokenizer on ``make_dataset(data, "train")`` with Adam (linear warm-up over
-    5% of the steps, cosine decay to 10%); evaluate on the test split; save to ``out``.
-    Stops early after ``time_limit`` seconds. Returns (tokenizer, summary dict)."""
+                    time_limit: float | None = None, device: str = "cpu", log=print,
+                    data_options: dict[str, Any] | None = None) -> tuple[Tokenizer, dict]:
+    """Train a tokenizer on ``make_dataset(data, "train", **data_options)`` with Adam (linear
+    warm-up over 5% of the steps, cosine decay to 10%); evaluate on the test split; save to
+    ``out``. Stops early after ``time_limit`` seconds. Returns (tokenizer, summary dict)."""
     torch.manual_seed(seed)
-    train_x = _signals(make_dataset(data, "train"))
-    test_x = _signals(make_dataset(data, "test"))
+    data_options = data_options or {}
+    train_x = _signals(make_dataset(data, "train", **data_options))
+    test_x = _signals(make_dataset(data, "test", **data_options))
     if config.d_input != train_x.shape[-1]:
         raise ConfigError(f"d_input={config.d_input} but data set {data!r} has {train_x.shape[-1]} channels")
     tok = Tokenizer(config).to(device)
@@ -208,11 +232,15 @@ class Quantizer(str, Enum):
     vq_rotation = "vq-rotation"
 
 
-class Data(str, Enum):
-    digits = "digits"
-    digits32 = "digits32"
-    digits8 = "digits8"
-    waves = "waves"
+_DATA_HELP = "digits | digits32 | digits8 | waves | a real-valued seqzoo task (image, shapes, pathfinder, ...)"
+
+
+def _check_data(name: str) -> str:
+    try:
+        check_data_name(name)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    return name
 
 
 def _parse_levels(text: str) -> tuple[int, ...]:
@@ -252,7 +280,7 @@ def _main() -> None:
 def train(
     quantizer: Annotated[Quantizer | None,
                          typer.Option(help="fsq | vq | vq-rotation [default: fsq, or the --config file's]")] = None,
-    data: Annotated[Data, typer.Option(help="data set (see make_dataset)")] = Data.digits,
+    data: Annotated[str, typer.Option(help=_DATA_HELP, callback=_check_data)] = "digits",
     codebook_size: Annotated[int | None, typer.Option(help="VQ codebook size")] = None,
     levels: Annotated[str | None, typer.Option(help="FSQ levels, comma-separated (e.g. 8,5,5,5)")] = None,
     downsample: Annotated[int | None, typer.Option(help="signal steps per token")] = None,
@@ -270,10 +298,10 @@ def train(
     """Train a tokenizer, print progress and the test-set summary, save it to OUT."""
     if threads:
         torch.set_num_threads(threads)
-    C = int(_signals(make_dataset(data.value, "test")).shape[-1])
+    C = int(_signals(make_dataset(data, "test")).shape[-1])
     cfg = build_config(quantizer, config=config, d_input=C, codebook_size=codebook_size,
                        levels=_parse_levels(levels) if levels else None, downsample=downsample, width=width)
-    _, summary = train_tokenizer(cfg, data.value, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+    _, summary = train_tokenizer(cfg, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                                  out=out, time_limit=time_limit)
     typer.echo(json.dumps({k: summary[k] for k in ("data", "steps", "train_time_s", "train_window_usage", "test")},
                           indent=2))
@@ -283,18 +311,18 @@ def train(
 @app.command()
 def evaluate(
     path: Annotated[Path, typer.Argument(help="folder written by train / Tokenizer.save")],
-    data: Annotated[Data, typer.Option()] = Data.digits,
+    data: Annotated[str, typer.Option(help=_DATA_HELP, callback=_check_data)] = "digits",
 ) -> None:
     """Reconstruction MSE, mean-predictor MSE, usage and perplexity of a saved tokenizer."""
     tok = Tokenizer.load(path)
-    test_x = _signals(make_dataset(data.value, "test"))
-    train_x = _signals(make_dataset(data.value, "train"))
+    test_x = _signals(make_dataset(data, "test"))
+    train_x = _signals(make_dataset(data, "train"))
     typer.echo(json.dumps(evaluate_tokenizer(tok, test_x, train_x), indent=2))
 
 
 @app.command()
 def compare(
-    data: Annotated[Data, typer.Option()] = Data.digits,
+    data: Annotated[str, typer.Option(help=_DATA_HELP, callback=_check_data)] = "digits",
     steps: Annotated[int, typer.Option()] = 1500,
     batch_size: Annotated[int, typer.Option()] = 32,
     lr: Annotated[float, typer.Option()] = 2e-3,
@@ -311,19 +339,19 @@ def compare(
     """FSQ vs VQ vs VQ+rotation on the same data, steps and seed: a Markdown table."""
     if threads:
         torch.set_num_threads(threads)
-    C = int(_signals(make_dataset(data.value, "test")).shape[-1])
+    C = int(_signals(make_dataset(data, "test")).shape[-1])
     rows = []
     for q in ("fsq", "vq", "vq-rotation"):
         cfg = build_config(q, d_input=C, downsample=downsample, codebook_size=codebook_size,
                            levels=_parse_levels(levels), width=width,
                            **({} if q == "fsq" else {"dead_code_steps": dead_code_steps, "kmeans_init": kmeans_init}))
         typer.echo(f"== {q}")
-        _, s = train_tokenizer(cfg, data.value, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+        _, s = train_tokenizer(cfg, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                                out=out / q, log_every=max(1, steps // 5))
         rows.append((q, s))
     t = rows[0][1]["test"]
     lines = [
-        f"data={data.value} steps={steps} batch={batch_size} lr={lr} seed={seed} downsample={downsample} "
+        f"data={data} steps={steps} batch={batch_size} lr={lr} seed={seed} downsample={downsample} "
         f"width={rows[0][1]['config']['width']} VQ: dead_code_steps={rows[1][1]['config']['dead_code_steps']} "
         f"kmeans_init={rows[1][1]['config']['kmeans_init']}; "
         f"test mean-predictor MSE {t['mean_mse']:.4f}" + (f", per-position-mean MSE {t['position_mse']:.4f}"

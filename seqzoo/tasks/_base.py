@@ -25,7 +25,8 @@ from torch.utils.data import Dataset
 from seqzoo.tasks import _cache
 from seqzoo.tasks._cache import data_root, load_or_generate
 
-__all__ = ["SPLITS", "TaskInfo", "Collate", "TaskDataset", "CachedTask", "SyntheticTask", "sample_rng"]
+__all__ = ["SPLITS", "TaskInfo", "Collate", "TaskDataset", "CachedTask", "SyntheticTask", "sample_rng", "pool_images",
+           "check_pool"]
 
 SPLITS = ("train", "val", "test")
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}  # mixed into seeds: splits never share a stream
@@ -190,13 +191,19 @@ class CachedTask(TaskDataset):
     whenever the generator's output changes (old caches then count as stale)."""
 
     version: ClassVar[int] = 1
+    # Options added after a task shipped: left out of the cache key while at their default,
+    # so existing caches stay valid (the data at the default are what they were).
+    key_omit_defaults: ClassVar[tuple[str, ...]] = ("pool", "side")
 
     def __init__(self, config, split, size, *, root=None, workers=None, progress=True, mmap=True):
         super().__init__(config, split, size, root=root, workers=workers, progress=progress)
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        config_key = {k: v for k, v in dataclasses.asdict(config).items()
+                      if not (k in self.key_omit_defaults and v == defaults.get(k))}
         key = {
             "task": self.task_name,
             "version": self.version,
-            "config": dataclasses.asdict(config),
+            "config": config_key,
             "split": split,
             "size": self.size,
             **self.source_fingerprint(),
@@ -269,6 +276,25 @@ def _check_index(index, n: int, where) -> int:
     if not -n <= index < n:
         raise IndexError(f"index {index} out of range for {where!r} of length {n}")
     return index % n
+
+
+def check_pool(pool: int, side: int) -> None:
+    """``pool`` must be a positive divisor of the image side."""
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or side % pool:
+        divisors = [k for k in range(1, side + 1) if side % k == 0]
+        raise ValueError(f"pool = {pool!r} must divide the image side {side}; valid: {', '.join(map(str, divisors))}")
+
+
+def pool_images(images: np.ndarray, pool: int) -> np.ndarray:
+    """Average-pool uint8 images (N, S, S) by ``pool`` per axis -> (N, S/pool, S/pool) uint8
+    (rounded). ``pool=1`` returns the images unchanged. Smaller images give shorter
+    sequences (L = (S/pool)^2) for quick runs; the task at pool=1 is the faithful one."""
+    if pool == 1:
+        return images
+    N, S, _ = images.shape
+    check_pool(pool, S)
+    x = images.reshape(N, S // pool, pool, S // pool, pool).astype(np.float32).mean(axis=(2, 4))
+    return np.round(x).astype(np.uint8)
 
 
 def python_fingerprint() -> str:

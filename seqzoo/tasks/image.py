@@ -8,6 +8,8 @@ optical digits, 1,797 images of 8x8 with 17 grey levels, bundled in the wheel).
 - Each image is upsampled bilinearly to 32x32 (L=1024, as in LRA Image), stored as uint8;
   items are pixels scaled to [-1, 1], row-major, shape (1024, 1).
 - Splits are stratified per class, 80/10/10 (1,438 / 179 / 180 images).
+- ``pool`` (default 1) average-pools the 32x32 images by that factor (4 -> 8x8, L=64):
+  shorter sequences for quick runs; pool=1 is the task as described.
 
 What it measures: integrating a 2-D shape seen as a 1-D sequence of 1,024 values, where
 the pixels of one stroke lie 32 steps apart. It is small and easy (a linear model on the
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seqzoo.tasks._base import SPLIT_CODE, CachedTask, TaskInfo
+from seqzoo.tasks._base import SPLIT_CODE, CachedTask, TaskInfo, check_pool, pool_images
 from seqzoo.tasks._registry import register_task
 
 __all__ = ["ImageConfig", "Image", "load_digits_32"]
@@ -32,6 +34,10 @@ __all__ = ["ImageConfig", "Image", "load_digits_32"]
 @dataclass
 class ImageConfig:
     seed: int = 0  # the stratified split
+    pool: int = 1  # average-pool the 32x32 images by this factor (L = (32 / pool)^2)
+
+    def __post_init__(self):
+        check_pool(self.pool, 32)
 
 
 def load_digits_32() -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +74,8 @@ class Image(CachedTask):
 
     @classmethod
     def make_info(cls, config: ImageConfig, split: str) -> TaskInfo:
-        return TaskInfo(name="image", inputs="real", d_input=1, n_classes=10, seq_len=1024, target="class",
+        side = 32 // config.pool
+        return TaskInfo(name="image", inputs="real", d_input=1, n_classes=10, seq_len=side * side, target="class",
                         metric="accuracy", description="handwritten digit (sklearn digits at 32x32), pixel by pixel")
 
     @classmethod
@@ -79,11 +86,12 @@ class Image(CachedTask):
             if size > len(idx):
                 raise ValueError(f"image {split} split has {len(idx)} images; size={size} is too large")
             idx = np.sort(np.random.default_rng([config.seed, SPLIT_CODE[split], 304]).permutation(idx)[:size])
-        return {"images": images[idx], "labels": labels[idx], "source_index": idx.astype(np.int32)}
+        return {"images": pool_images(images[idx], config.pool), "labels": labels[idx],
+                "source_index": idx.astype(np.int32)}
 
     def __len__(self) -> int:
         return len(self.arrays["labels"])
 
     def item(self, index: int):
         img = torch.from_numpy(np.asarray(self.arrays["images"][index], dtype=np.float32))
-        return img.reshape(-1, 1) / 127.5 - 1.0, int(self.arrays["labels"][index])  # (1024, 1)
+        return img.reshape(-1, 1) / 127.5 - 1.0, int(self.arrays["labels"][index])  # (side², 1)

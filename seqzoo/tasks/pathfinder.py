@@ -35,6 +35,8 @@ worker processes gives the same images, and a smaller ``size`` is a prefix of a 
 
 Presets (``difficulty``): "easy" has short paths and few distractors, "hard" long paths and
 more distractors (the LRA/S4 setting uses hard). Every preset field can be overridden.
+``pool`` (default 1) average-pools the rendered images by that factor (L = (size/pool)²),
+for quick runs on short sequences; pool=1 is the task as described.
 
 Example grid for the docs::
 
@@ -52,7 +54,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from seqzoo.tasks._base import CachedTask, TaskInfo, sample_rng
+from seqzoo.tasks._base import CachedTask, TaskInfo, check_pool, pool_images, sample_rng
 from seqzoo.tasks._parallel import run_shards, shard_ranges
 from seqzoo.tasks._registry import register_task
 
@@ -577,6 +579,7 @@ class PathfinderConfig:
     seed: int = 0
     difficulty: Literal["easy", "hard"] = "hard"
     # Overrides of the preset (None: the preset's value).
+    side: int | None = None  # image side (Style.size: Pathfinder 32, Path-X 128), L = side²
     dash_len: float | None = None
     dash_gap: float | None = None
     width: float | None = None
@@ -587,12 +590,16 @@ class PathfinderConfig:
     distractor_dashes: int | None = None
     marker_radius: float | None = None
     seed_distance: float | None = None
+    # Not geometry: average-pool the rendered image by this factor (L = (size / pool)^2).
+    pool: int = 1
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name not in ("seed", "difficulty") and v is not None and v < (0 if f.name == "n_distractors" else 1e-9):
+            if f.name not in _NOT_STYLE and v is not None and v < (0 if f.name == "n_distractors" else 1e-9):
                 raise ValueError(f"{f.name} must be positive, got {v}")
+        if isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool < 1:
+            raise ValueError(f"pool must be a positive integer, got {self.pool!r}")
 
 
 @dataclass
@@ -600,10 +607,13 @@ class PathXConfig(PathfinderConfig):
     pass
 
 
+_NOT_STYLE = ("seed", "difficulty", "pool")  # config fields that are not Style overrides
+
+
 def style_of(task: str, config: PathfinderConfig) -> Style:
     base = PRESETS[(task, config.difficulty)]
-    over = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-            if f.name not in ("seed", "difficulty") and getattr(config, f.name) is not None}
+    over = {("size" if f.name == "side" else f.name): getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name not in _NOT_STYLE and getattr(config, f.name) is not None}
     st = dataclasses.replace(base, **over)
     if st.seed_distance < 2 * st.marker_radius + st.margin:
         raise ValueError(f"seed_distance={st.seed_distance} leaves no room for two markers: it must be at least "
@@ -626,6 +636,8 @@ class Pathfinder(CachedTask):
     @classmethod
     def make_info(cls, config, split) -> TaskInfo:
         S = cls.style(config).size
+        check_pool(config.pool, S)
+        S //= config.pool
         return TaskInfo(name=cls.task_name, inputs="real", d_input=1, n_classes=2, seq_len=S * S, target="class",
                         metric="accuracy", description=f"are the two markers joined by a path? ({S}x{S} pixels, row-major)")
 
@@ -635,7 +647,8 @@ class Pathfinder(CachedTask):
         shards = [(style, config.seed, split, s, n) for s, n in shard_ranges(size, cls.shard_size)]
         out = run_shards(_gen_shard, shards, workers=workers, desc=f"{cls.task_name} {split}", progress=progress,
                          total=size, advance=lambda r: len(r[1]))
-        return {"images": np.concatenate([o[0] for o in out]), "labels": np.concatenate([o[1] for o in out])}
+        return {"images": pool_images(np.concatenate([o[0] for o in out]), config.pool),
+                "labels": np.concatenate([o[1] for o in out])}
 
     def __len__(self) -> int:
         return len(self.arrays["labels"])

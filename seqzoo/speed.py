@@ -1,0 +1,274 @@
+"""Parallel vs recurrent inference of every layer: ``seqzoo bench modes`` and ``seqzoo bench speed``.
+
+- :func:`compare_modes`: for each layer, one sequence through the parallel form and
+  through the step loop: the outputs' max difference, time and peak memory of each mode
+  for the whole sequence, and the per-token latency when streaming (one ``step`` at the
+  end of the sequence).
+- :func:`speed_sweep`: time and peak memory against the length L for both modes, and
+  step latency against the position (the state after a prefill of that many tokens).
+
+Times are medians of interleaved repeats and memory the peak extra bytes while a call runs
+(:mod:`seqzoo.timing`); the machine is noisy, so compare within one run. Inference only
+(``torch.inference_mode``, eval mode), float32, random inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqzoo.timing import median_times, peak_memory, table
+
+__all__ = ["build_layer", "step_loop", "compare_modes", "speed_sweep", "modes_table", "speed_tables",
+           "plot_modes", "plot_speed"]
+
+
+def build_layer(name: str, d_model: int, length: int, **options: Any):
+    """A registered layer with its default options (``l_max`` set to ``length`` where it
+    has one, at least ``d_state + 1``), in eval mode."""
+    import seqzoo
+
+    fields = {f.name: f for f in dataclasses.fields(seqzoo.get_layer(name).config)}
+    if "l_max" in fields and "l_max" not in options:
+        d_state = options.get("d_state", fields["d_state"].default if "d_state" in fields else 0)
+        options["l_max"] = max(length, d_state + 1)  # RTF's kernel needs more taps than the state
+    return seqzoo.build(name, d_model=d_model, **options).eval()
+
+
+def step_loop(layer, x: torch.Tensor, state=None) -> tuple[torch.Tensor, Any]:
+    """The recurrent form over a whole sequence: x (B, L, D) -> (y (B, L, D), state)."""
+    if state is None:
+        state = layer.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+    out = []
+    for t in range(x.shape[1]):
+        y_t, state = layer.step(x[:, t], state)
+        out.append(y_t)
+    return torch.stack(out, 1), state
+
+
+def _mb(n: int) -> float:
+    return n / 2**20 if n >= 0 else float("nan")
+
+
+def compare_modes(layers: Sequence[str] | None = None, *, d_model: int = 64, length: int = 1024, batch: int = 1,
+                  repeats: int = 3, seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+    """One row per layer: max difference, time and memory of each mode, step latency."""
+    import seqzoo
+
+    layers = list(layers) if layers else seqzoo.list_layers()
+    rows = []
+    it = layers
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(layers, desc="bench modes", unit="layer")
+    for name in it:
+        torch.manual_seed(seed)
+        layer = build_layer(name, d_model, length)
+        x = torch.randn(batch, length, d_model)
+        rows.append({"layer": name, "d_model": d_model, "length": length, "batch": batch,
+                     **_modes_row(layer, x, repeats)})
+    return rows
+
+
+@torch.inference_mode()
+def _modes_row(layer, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+    y_par, _ = layer(x)
+    if not layer.can_step():
+        return {"can_step": False, "why": layer.step_disabled_reason(),
+                "parallel_s": median_times({"p": lambda: layer(x)}, repeats=repeats)["p"],
+                "parallel_mb": _mb(peak_memory(lambda: layer(x)))}
+    y_rec, _ = step_loop(layer, x)  # also the warm-up of the timed loop
+    times = median_times({"parallel": lambda: layer(x), "recurrent": lambda: step_loop(layer, x)},
+                         repeats=repeats, warmup=0)
+    _, state = layer(x[:, :-1])
+    x_t = x[:, -1]
+    diff = (y_par - y_rec).abs().max()
+    return {
+        "can_step": True,
+        "max_abs_diff": float(diff),
+        "max_rel_diff": float(diff / y_par.abs().max().clamp(min=1e-30)),
+        "parallel_s": times["parallel"], "recurrent_s": times["recurrent"],
+        "parallel_mb": _mb(peak_memory(lambda: layer(x))),
+        "recurrent_mb": _mb(peak_memory(lambda: step_loop(layer, x))),
+        "step_latency_s": median_times({"step": lambda: layer.step(x_t, state)}, repeats=max(21, repeats))["step"],
+    }
+
+
+def modes_table(rows: list[dict[str, Any]]) -> str:
+    head = ("layer", "max abs diff", "max rel diff", "parallel ms", "recurrent ms", "rec / par", "parallel MB",
+            "recurrent MB", f"step µs (at t={rows[0]['length'] - 1})" if rows else "step µs")
+    out = []
+    for r in rows:
+        if not r.get("can_step"):
+            out.append((r["layer"], "n/a", "n/a", f"{1e3 * r['parallel_s']:.2f}", "n/a", "n/a",
+                        f"{r['parallel_mb']:.1f}", "n/a", "n/a"))
+            continue
+        out.append((r["layer"], f"{r['max_abs_diff']:.1e}", f"{r['max_rel_diff']:.1e}", f"{1e3 * r['parallel_s']:.2f}",
+                    f"{1e3 * r['recurrent_s']:.1f}", f"{r['recurrent_s'] / r['parallel_s']:.0f}x",
+                    f"{r['parallel_mb']:.1f}", f"{r['recurrent_mb']:.1f}", f"{1e6 * r['step_latency_s']:.0f}"))
+    return table(head, out)
+
+
+def speed_sweep(layers: Sequence[str] | None = None, *, d_model: int = 64, lengths: Sequence[int] = (256, 1024, 4096),
+                positions: Sequence[int] = (1, 256, 1024, 4096), batch: int = 1, repeats: int = 3,
+                max_recurrent_length: int = 4096, seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+    """Rows ``{"layer", "kind": "length" | "position", ...}``: per (layer, L) the time and
+    peak memory of the parallel form and of the step loop over L tokens (the step loop only
+    up to ``max_recurrent_length``); per (layer, position) the latency of one step after a
+    prefill of ``position`` tokens."""
+    import seqzoo
+
+    layers = list(layers) if layers else seqzoo.list_layers()
+    rows: list[dict[str, Any]] = []
+    L_max = max([*lengths, *positions])
+    work = [(n, "length", L) for n in layers for L in lengths] + [(n, "position", p) for n in layers for p in positions]
+    it = work
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(work, desc="bench speed", unit="point")
+    built: dict[str, Any] = {}
+    for name, kind, n in it:
+        if name not in built:
+            torch.manual_seed(seed)
+            built = {name: build_layer(name, d_model, L_max)}
+        layer = built[name]
+        row: dict[str, Any] = {"layer": name, "kind": kind, "d_model": d_model, "batch": batch}
+        if kind == "length":
+            row.update(_length_point(layer, n, batch, d_model, repeats, max_recurrent_length))
+        elif layer.can_step():
+            row.update(_position_point(layer, n, batch, d_model, repeats))
+        else:
+            continue
+        rows.append(row)
+    return rows
+
+
+@torch.inference_mode()
+def _length_point(layer, n: int, batch: int, d_model: int, repeats: int, max_recurrent_length: int) -> dict[str, Any]:
+    x = torch.randn(batch, n, d_model)
+    fns: dict[str, Callable[[], Any]] = {"parallel": lambda: layer(x, return_state=False)}
+    if layer.can_step() and n <= max_recurrent_length:
+        fns["recurrent"] = lambda: step_loop(layer, x)
+    times = median_times(fns, repeats=repeats if n < 4096 else max(1, repeats // 2), warmup=1)
+    return {"length": n, **{f"{k}_s": v for k, v in times.items()},
+            **{f"{k}_mb": _mb(peak_memory(f)) for k, f in fns.items()}}
+
+
+@torch.inference_mode()
+def _position_point(layer, n: int, batch: int, d_model: int, repeats: int) -> dict[str, Any]:
+    x = torch.randn(batch, n + 1, d_model)
+    state = layer(x[:, :n])[1] if n > 0 else layer.init_state(batch)
+    x_t = x[:, n]
+    return {"position": n, "step_s": median_times({"s": lambda: layer.step(x_t, state)}, repeats=max(21, repeats))["s"]}
+
+
+def speed_tables(rows: list[dict[str, Any]]) -> str:
+    by_len = [r for r in rows if r["kind"] == "length"]
+    by_pos = [r for r in rows if r["kind"] == "position"]
+    t1 = table(("layer", "L", "parallel ms", "recurrent ms", "rec / par", "parallel MB", "recurrent MB"),
+               [(r["layer"], r["length"], f"{1e3 * r['parallel_s']:.2f}",
+                 f"{1e3 * r['recurrent_s']:.1f}" if "recurrent_s" in r else "–",
+                 f"{r['recurrent_s'] / r['parallel_s']:.0f}x" if "recurrent_s" in r else "–",
+                 f"{r['parallel_mb']:.1f}", f"{r['recurrent_mb']:.1f}" if "recurrent_mb" in r else "–")
+                for r in by_len])
+    positions = sorted({r["position"] for r in by_pos})
+    layers = list(dict.fromkeys(r["layer"] for r in by_pos))
+    lat = {(r["layer"], r["position"]): r["step_s"] for r in by_pos}
+    t2 = table(("layer", *[f"step µs at t={p}" for p in positions]),
+               [(n, *[f"{1e6 * lat[(n, p)]:.0f}" if (n, p) in lat else "–" for p in positions]) for n in layers])
+    return t1 + "\n\n" + t2
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        return plt
+    except ImportError:
+        return None
+
+
+def plot_modes(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Bars per layer: whole-sequence time of each mode, and per-token step latency."""
+    plt = _plt()
+    if plt is None:
+        return None
+    import numpy as np
+
+    rows = [r for r in rows if r.get("can_step")]
+    names = [r["layer"] for r in rows]
+    x = np.arange(len(names))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(names) + 4), 4))
+    a.bar(x - 0.2, [1e3 * r["parallel_s"] for r in rows], 0.4, label="parallel")
+    a.bar(x + 0.2, [1e3 * r["recurrent_s"] for r in rows], 0.4, label="recurrent (step loop)")
+    a.set_yscale("log")
+    a.set_ylabel("ms for the whole sequence")
+    a.set_xticks(x, names, rotation=40, ha="right")
+    a.legend(fontsize=8)
+    L = rows[0]["length"] if rows else 0
+    a.set_title(f"one sequence, L={L}, d_model={rows[0]['d_model'] if rows else 0}", fontsize=9)
+    b.bar(x, [1e6 * r["step_latency_s"] for r in rows], 0.6, color="C2")
+    b.set_ylabel("µs per token")
+    b.set_xticks(x, names, rotation=40, ha="right")
+    b.set_title(f"streaming: one step at position {L - 1}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_speed(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Three panels: time against L, peak memory against L (solid: parallel, dashed:
+    recurrent), and step latency against position."""
+    plt = _plt()
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    for i, name in enumerate(layers):
+        c = f"C{i % 10}"
+        lr = sorted((r for r in rows if r["layer"] == name and r["kind"] == "length"), key=lambda r: r["length"])
+        for mode, ls in (("parallel", "-"), ("recurrent", "--")):
+            pts = [(r["length"], r[f"{mode}_s"], r[f"{mode}_mb"]) for r in lr if f"{mode}_s" in r]
+            if pts:
+                Ls, ts, ms = zip(*pts)
+                axes[0].plot(Ls, [1e3 * t for t in ts], ls, color=c, marker="o", ms=3,
+                             label=name if mode == "parallel" else None)
+                axes[1].plot(Ls, ms, ls, color=c, marker="o", ms=3)
+        pr = sorted((r for r in rows if r["layer"] == name and r["kind"] == "position"), key=lambda r: r["position"])
+        if pr:
+            axes[2].plot([max(1, r["position"]) for r in pr], [1e6 * r["step_s"] for r in pr], color=c, marker="o",
+                         ms=3, label=name)
+    axes[0].set(xscale="log", yscale="log", xlabel="L", ylabel="ms (whole sequence)",
+                title="time vs L (solid: parallel, dashed: recurrent)")
+    axes[1].set(xscale="log", yscale="symlog", xlabel="L", ylabel="peak extra MB", title="peak memory vs L")
+    axes[2].set(xscale="log", yscale="log", xlabel="position t (tokens already seen)", ylabel="µs per step",
+                title="step latency vs position")
+    axes[0].legend(fontsize=7)
+    for a in axes:
+        a.title.set_fontsize(9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return path

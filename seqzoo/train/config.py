@@ -1,0 +1,286 @@
+"""Run configs: one flat dataclass (:class:`RunConfig`) for a model x task training run.
+
+A run is composed, lowest priority first, from
+
+1. the defaults of :class:`RunConfig`,
+2. ``configs/lra/<task>.yaml`` (the task's full-size settings: S4's published LRA
+   hyper-parameters where they exist),
+3. a preset (``configs/presets/<preset>/defaults.yaml``, then ``<preset>/<task>.yaml``),
+4. overrides ``key=value`` from the command line (``task.<key>=`` and ``layer.<key>=``
+   go into ``task_options`` / ``layer_options``).
+
+The layer's own options come from ``configs/layers/<layer>.yaml`` (its ``d_model`` is
+replaced by the run's), then ``layer_defaults`` (applied only where the layer's config has
+that field: shared names such as ``d_state`` or ``bidirectional``), then
+``per_layer[<layer>]`` and ``layer_options`` (both checked strictly). ``l_max``, where a layer has it, follows the task's training length
+unless set explicitly.
+
+Everything is validated by :func:`resolve` before any data is generated or any model
+built: an unknown layer, task or key, or a value of the wrong type, raises a
+:class:`~seqzoo.config.ConfigError` that names the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from seqzoo.config import ConfigError, config_fields, config_from_dict, load_yaml, parse_override
+from seqzoo.models.backbone import ModelConfig
+from seqzoo.registry import get_layer
+from seqzoo.registry import make_config as make_layer_config
+
+__all__ = ["RunConfig", "Plan", "configs_dir", "compose", "resolve", "apply_overrides", "list_presets"]
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs besides the output folder."""
+
+    task: str
+    layer: str = "s4d"
+    # seqzoo.tasks options (fields of the task's config dataclass: seed, seq_len, pool, ...)
+    task_options: dict = field(default_factory=dict)
+    # layer options, checked against the layer's config; override configs/layers/<layer>.yaml
+    layer_options: dict = field(default_factory=dict)
+    # layer options applied only to layers whose config has the field (d_state, bidirectional, ...)
+    layer_defaults: dict = field(default_factory=dict)
+    # layer name -> options for that layer only (checked strictly when that layer runs;
+    # entries for layers that are not registered are ignored)
+    per_layer: dict = field(default_factory=dict)
+    # folder of a trained seqzoo.quant.Tokenizer: real-valued inputs go through it (ids in the model)
+    tokenizer: str | None = None
+
+    # model (seqzoo.build_model)
+    d_model: int = 128
+    n_layers: int = 4
+    dropout: float = 0.0
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    pool: Literal["mean", "last", "max"] = "mean"
+    mlp_ratio: float = 2.0
+
+    # data (None: the task's default size of that split)
+    train_size: int | None = None
+    val_size: int | None = None
+    test_size: int | None = None
+    pad_to_max: bool = False  # pad every batch to the task's seq_len (as LRA does) instead of the longest item
+    num_workers: int = 0  # DataLoader worker processes
+
+    # optimisation: AdamW, linear warm-up then cosine decay to min_lr_ratio * lr
+    steps: int = 1000
+    batch_size: int = 32  # global: split evenly over the processes of a distributed run
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm (0: off)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # evaluation, checkpoints, logging (0: only at the end)
+    eval_every: int = 0
+    eval_batch_size: int | None = None  # default: batch_size
+    ckpt_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "d_model", "n_layers", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "ckpt_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("train_size", "val_size", "test_size", "eval_batch_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be a positive integer or null, got {v}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("need lr > 0, weight_decay >= 0, grad_clip >= 0 and 0 <= min_lr_ratio <= 1")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"beta1, beta2 must lie in [0, 1), got {self.beta1}, {self.beta2}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        for name, opts in self.per_layer.items():
+            if not isinstance(opts, dict):
+                raise ValueError(f"per_layer.{name} must be a mapping of layer options, got {opts!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- files
+def configs_dir() -> Path:
+    """The ``configs/`` folder: ``$SEQZOO_CONFIGS``, else the one beside the package."""
+    env = os.environ.get("SEQZOO_CONFIGS")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+    if not path.is_dir():
+        raise ConfigError(f"configs folder {str(path)!r} not found: run from a checkout of seqzoo "
+                          "or set SEQZOO_CONFIGS to its configs/ folder")
+    return path
+
+
+def list_presets() -> list[str]:
+    root = configs_dir() / "presets"
+    return ["full", *sorted(p.name for p in root.iterdir() if p.is_dir())] if root.is_dir() else ["full"]
+
+
+_DICT_KEYS = ("task_options", "layer_options", "layer_defaults", "per_layer")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any], where: str) -> dict[str, Any]:
+    """``extra`` over ``base``; the option dicts are merged key by key."""
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if k in _DICT_KEYS:
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}: {k} must be a mapping of options, got {v!r}")
+            out[k] = {**out.get(k, {}), **v}
+        else:
+            out[k] = v
+    return out
+
+
+def apply_overrides(options: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``key=value`` strings over ``options``: ``task.<key>=`` and ``layer.<key>=`` set
+    entries of ``task_options`` / ``layer_options``; other keys are RunConfig fields."""
+    out = copy.deepcopy(options)
+    for text in overrides:
+        key, value = parse_override(text)
+        if "." in key:
+            scope, sub = key.split(".", 1)
+            target = {"task": "task_options", "layer": "layer_options", "layer_defaults": "layer_defaults",
+                      "task_options": "task_options", "layer_options": "layer_options"}.get(scope)
+            if target is None or not sub:
+                raise ConfigError(f"override {text!r}: a dotted key must be task.<option> or layer.<option>")
+            out.setdefault(target, {})
+            out[target] = {**out[target], sub: value}
+        else:
+            out[key] = value
+    return out
+
+
+def compose(task: str, layer: str | None = None, preset: str = "full",
+            overrides: list[str] | tuple[str, ...] = (), config: str | Path | None = None) -> RunConfig:
+    """The validated :class:`RunConfig` of ``layer`` x ``task`` under ``preset``.
+
+    ``config``: a YAML file used instead of ``configs/lra/<task>.yaml``. ``preset``: "full"
+    (the task file as is) or a folder under ``configs/presets/``."""
+    from seqzoo.tasks import get_task
+
+    get_task(task)  # unknown task -> the registered ones
+    root = configs_dir()
+    path = Path(config) if config is not None else root / "lra" / f"{task}.yaml"
+    options: dict[str, Any] = {"task": task}
+    if path.is_file() or config is not None:
+        data = load_yaml(path)
+        if data.get("task", task) != task:
+            raise ConfigError(f"{path}: task {data['task']!r} does not match the requested task {task!r}")
+        options = _merge(options, data, str(path))
+    if preset != "full":
+        pdir = root / "presets" / preset
+        if not pdir.is_dir():
+            raise ConfigError(f"unknown preset {preset!r}. Valid presets: {', '.join(list_presets())}")
+        for f in (pdir / "defaults.yaml", pdir / f"{task}.yaml"):
+            if f.is_file():
+                options = _merge(options, load_yaml(f), str(f))
+    if layer is not None:
+        options["layer"] = layer
+    options = apply_overrides(options, overrides)
+    cfg = config_from_dict(RunConfig, options, context=f"run config ({task})")
+    resolve(cfg)  # every remaining check, before any work
+    return cfg
+
+
+# ---------------------------------------------------------------------------- resolution
+@dataclass(frozen=True)
+class Plan:
+    """A resolved run: what will be built, all of it validated."""
+
+    config: RunConfig
+    task_config: Any  # the task's config dataclass instance
+    layer_config: Any  # the layer's config dataclass instance
+    layer_options: dict  # what build_model gets as layer_options
+    model_options: dict  # build_model options except layer_options and the frontend
+    info: Any  # TaskInfo of the train split
+    eval_info: dict  # split -> TaskInfo
+
+
+def _layer_file_options(layer: str) -> dict[str, Any]:
+    path = configs_dir() / "layers" / f"{layer}.yaml"
+    if not path.is_file():
+        return {}
+    data = load_yaml(path)
+    data.pop("layer", None)
+    data.pop("d_model", None)
+    return data
+
+
+def resolve(cfg: RunConfig) -> Plan:
+    """Check everything a run needs (names, options, shapes of the model) without
+    generating data or building modules; return the :class:`Plan`."""
+    from seqzoo.tasks import get_task, make_task_config
+
+    spec = get_layer(cfg.layer)  # unknown layer -> the registered ones
+    get_task(cfg.task)
+    task_cfg = make_task_config(cfg.task, **cfg.task_options)
+    task_cls = get_task(cfg.task).cls
+    try:  # some checks need the whole task config (e.g. pool must divide Pathfinder's image side)
+        info = task_cls.make_info(task_cfg, "train")
+        eval_info = {s: task_cls.make_info(task_cfg, s) for s in ("val", "test")}
+    except ValueError as e:
+        raise ConfigError(f"task {cfg.task!r}: {e}") from None
+
+    fields = config_fields(spec.config)
+    options = _layer_file_options(cfg.layer)
+    options.update({k: v for k, v in cfg.layer_defaults.items() if k in fields})
+    own = cfg.per_layer.get(cfg.layer, {})
+    if "l_max" in fields and not any("l_max" in d for d in (cfg.layer_options, cfg.layer_defaults, own)):
+        options["l_max"] = info.seq_len
+    options.update(own)
+    options.update(cfg.layer_options)
+    layer_cfg = make_layer_config(cfg.layer, d_model=cfg.d_model, **options)
+    options = {k: v for k, v in dataclasses.asdict(layer_cfg).items() if k != "d_model"}
+    if info.target == "sequence" and getattr(layer_cfg, "bidirectional", False):
+        raise ConfigError(f"task {cfg.task!r} scores a prediction at every position (causal LM head), but layer "
+                          f"{cfg.layer!r} is built with bidirectional=True; set layer.bidirectional=false")
+
+    model_opts = dict(layer=cfg.layer, d_model=cfg.d_model, n_layers=cfg.n_layers, dropout=cfg.dropout,
+                      norm=cfg.norm, pool=cfg.pool, mlp_ratio=cfg.mlp_ratio, **info.model_options())
+    if cfg.tokenizer is not None:
+        tok_cfg = _tokenizer_config(cfg.tokenizer)
+        if info.inputs != "real":
+            raise ConfigError(f"tokenizer: task {cfg.task!r} already has token inputs; a tokenizer front end "
+                              "takes real-valued signals (image, shapes, pathfinder, pathx, adding)")
+        if tok_cfg.d_input != info.d_input:
+            raise ConfigError(f"tokenizer: {cfg.tokenizer} takes signals of {tok_cfg.d_input} channel(s), task "
+                              f"{cfg.task!r} has {info.d_input}")
+        model_opts.pop("d_input")
+        model_opts["vocab_size"] = _vocab_size(tok_cfg)
+    config_from_dict(ModelConfig, {**model_opts, "layer_options": options}, context=f"model ({cfg.layer} x {cfg.task})")
+    return Plan(cfg, task_cfg, layer_cfg, options, model_opts, info, eval_info)
+
+
+def _tokenizer_config(path: str):
+    import json
+
+    from seqzoo.quant.tokenizer import CONFIG, TokenizerConfig
+
+    f = Path(path) / CONFIG
+    if not f.is_file():
+        raise ConfigError(f"tokenizer = {path!r}: {f} not found; give a folder written by Tokenizer.save "
+                          "(e.g. by `seqzoo tokenizer train --out <folder>`)")
+    return config_from_dict(TokenizerConfig, json.loads(f.read_text()), context=str(f))
+
+
+def _vocab_size(tok_cfg) -> int:
+    from seqzoo.quant.tokenizer import Tokenizer
+
+    return Tokenizer(tok_cfg).vocab_size  # a few small modules, no data

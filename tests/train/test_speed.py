@@ -1,0 +1,50 @@
+"""seqzoo bench modes / speed: parallel vs recurrent on tiny sizes (numbers, not speed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from seqzoo.cli import app
+from seqzoo.speed import compare_modes, modes_table, speed_sweep, speed_tables
+
+
+def test_compare_modes_agree_and_report():
+    rows = compare_modes(["s4d", "attention", "gau"], d_model=16, length=24, repeats=1, progress=False)
+    assert [r["layer"] for r in rows] == ["s4d", "attention", "gau"]
+    for r in rows:
+        assert r["can_step"] and r["max_rel_diff"] < 1e-4, r  # float32: the two forms agree
+        assert r["parallel_s"] > 0 and r["recurrent_s"] > 0 and r["step_latency_s"] > 0
+    t = modes_table(rows)
+    assert t.count("\n") == 4 and "| s4d " in t and "step µs (at t=23)" in t
+
+
+def test_speed_sweep_covers_lengths_and_positions():
+    rows = speed_sweep(["s4d", "linear_attn"], d_model=8, lengths=(8, 32), positions=(0, 16), repeats=1,
+                       max_recurrent_length=16, progress=False)
+    by_len = {(r["layer"], r["length"]): r for r in rows if r["kind"] == "length"}
+    assert set(by_len) == {("s4d", 8), ("s4d", 32), ("linear_attn", 8), ("linear_attn", 32)}
+    assert "recurrent_s" in by_len[("s4d", 8)] and "recurrent_s" not in by_len[("s4d", 32)]  # capped at 16
+    pos = {(r["layer"], r["position"]) for r in rows if r["kind"] == "position"}
+    assert pos == {("s4d", 0), ("s4d", 16), ("linear_attn", 0), ("linear_attn", 16)}
+    text = speed_tables(rows)
+    assert "step µs at t=16" in text and "| linear_attn | 32 " in text
+
+
+def test_cli_bench_modes_and_speed_write_files(tmp_path):
+    pytest.importorskip("matplotlib")
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", "modes", "--layers", "s4d,rtf", "--length", "16", "--d-model", "8",
+                            "--repeats", "1", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "| rtf " in r.output and (tmp_path / "m" / "modes.png").stat().st_size > 1000
+    assert len((tmp_path / "m" / "modes.jsonl").read_text().splitlines()) == 2
+    r = runner.invoke(app, ["bench", "speed", "--layers", "s4d", "--lengths", "8,16", "--positions", "1,8",
+                            "--d-model", "8", "--repeats", "1", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "s" / "speed.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and (tmp_path / "s" / "speed.png").stat().st_size > 1000
+    r = runner.invoke(app, ["bench", "speed", "--layers", "s4x", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "unknown layer 's4x'" in r.output
