@@ -8,7 +8,9 @@
   step latency against the position (the state after a prefill of that many tokens).
 
 Times are medians of interleaved repeats and memory the peak extra bytes while a call runs
-(:mod:`seqzoo.timing`); the machine is noisy, so compare within one run. Inference only
+(:mod:`seqzoo.timing`), measured after all timings with the allocator set to count live
+tensors (:func:`seqzoo.timing.exact_cpu_memory`); the machine is noisy, so compare within
+one run. Inference only
 (``torch.inference_mode``, eval mode), float32, random inputs.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 
 import torch
 
-from seqzoo.timing import median_times, peak_memory, table
+from seqzoo.timing import exact_cpu_memory, median_times, peak_memory, table
 
 __all__ = ["build_layer", "step_loop", "compare_modes", "speed_sweep", "modes_table", "speed_tables",
            "plot_modes", "plot_speed"]
@@ -67,37 +69,49 @@ def compare_modes(layers: Sequence[str] | None = None, *, d_model: int = 64, len
         from tqdm.auto import tqdm
 
         it = tqdm(layers, desc="bench modes", unit="layer")
+    memory = []  # (row, {column: fn}) measured after every timing (see _memory_pass)
     for name in it:
         torch.manual_seed(seed)
         layer = build_layer(name, d_model, length)
         x = torch.randn(batch, length, d_model)
-        rows.append({"layer": name, "d_model": d_model, "length": length, "batch": batch,
-                     **_modes_row(layer, x, repeats)})
+        row, fns = _modes_row(layer, x, repeats)
+        rows.append({"layer": name, "d_model": d_model, "length": length, "batch": batch, **row})
+        memory.append((rows[-1], fns))
+    _memory_pass(memory)
     return rows
 
 
+def _memory_pass(work: list[tuple[dict[str, Any], dict[str, Callable[[], Any]]]]) -> None:
+    """Peak memory of every (row, column) after all timings: exact_cpu_memory() switches the
+    allocator to a mode that counts live tensors but slows allocation, so it comes last."""
+    exact_cpu_memory()
+    with torch.inference_mode():
+        for row, fns in work:
+            for column, fn in fns.items():
+                row[column] = _mb(peak_memory(fn))
+
+
 @torch.inference_mode()
-def _modes_row(layer, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+def _modes_row(layer, x: torch.Tensor, repeats: int) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
     y_par, _ = layer(x)
     if not layer.can_step():
-        return {"can_step": False, "why": layer.step_disabled_reason(),
-                "parallel_s": median_times({"p": lambda: layer(x)}, repeats=repeats)["p"],
-                "parallel_mb": _mb(peak_memory(lambda: layer(x)))}
+        return ({"can_step": False, "why": layer.step_disabled_reason(),
+                 "parallel_s": median_times({"p": lambda: layer(x)}, repeats=repeats)["p"]},
+                {"parallel_mb": lambda: layer(x)})
     y_rec, _ = step_loop(layer, x)  # also the warm-up of the timed loop
     times = median_times({"parallel": lambda: layer(x), "recurrent": lambda: step_loop(layer, x)},
                          repeats=repeats, warmup=0)
     _, state = layer(x[:, :-1])
     x_t = x[:, -1]
     diff = (y_par - y_rec).abs().max()
-    return {
+    row = {
         "can_step": True,
         "max_abs_diff": float(diff),
         "max_rel_diff": float(diff / y_par.abs().max().clamp(min=1e-30)),
         "parallel_s": times["parallel"], "recurrent_s": times["recurrent"],
-        "parallel_mb": _mb(peak_memory(lambda: layer(x))),
-        "recurrent_mb": _mb(peak_memory(lambda: step_loop(layer, x))),
         "step_latency_s": median_times({"step": lambda: layer.step(x_t, state)}, repeats=max(21, repeats))["step"],
     }
+    return row, {"parallel_mb": lambda: layer(x), "recurrent_mb": lambda: step_loop(layer, x)}
 
 
 def modes_table(rows: list[dict[str, Any]]) -> str:
@@ -134,6 +148,7 @@ def speed_sweep(layers: Sequence[str] | None = None, *, d_model: int = 64, lengt
 
         it = tqdm(work, desc="bench speed", unit="point")
     built: dict[str, Any] = {}
+    memory = []
     for name, kind, n in it:
         if name not in built:
             torch.manual_seed(seed)
@@ -141,24 +156,27 @@ def speed_sweep(layers: Sequence[str] | None = None, *, d_model: int = 64, lengt
         layer = built[name]
         row: dict[str, Any] = {"layer": name, "kind": kind, "d_model": d_model, "batch": batch}
         if kind == "length":
-            row.update(_length_point(layer, n, batch, d_model, repeats, max_recurrent_length))
+            point, fns = _length_point(layer, n, batch, d_model, repeats, max_recurrent_length)
+            row.update(point)
+            memory.append((row, fns))
         elif layer.can_step():
             row.update(_position_point(layer, n, batch, d_model, repeats))
         else:
             continue
         rows.append(row)
+    _memory_pass(memory)
     return rows
 
 
 @torch.inference_mode()
-def _length_point(layer, n: int, batch: int, d_model: int, repeats: int, max_recurrent_length: int) -> dict[str, Any]:
+def _length_point(layer, n: int, batch: int, d_model: int, repeats: int,
+                  max_recurrent_length: int) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
     x = torch.randn(batch, n, d_model)
     fns: dict[str, Callable[[], Any]] = {"parallel": lambda: layer(x, return_state=False)}
     if layer.can_step() and n <= max_recurrent_length:
         fns["recurrent"] = lambda: step_loop(layer, x)
     times = median_times(fns, repeats=repeats if n < 4096 else max(1, repeats // 2), warmup=1)
-    return {"length": n, **{f"{k}_s": v for k, v in times.items()},
-            **{f"{k}_mb": _mb(peak_memory(f)) for k, f in fns.items()}}
+    return {"length": n, **{f"{k}_s": v for k, v in times.items()}}, {f"{k}_mb": f for k, f in fns.items()}
 
 
 @torch.inference_mode()
