@@ -254,8 +254,9 @@ def plot_speed(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     layers = list(dict.fromkeys(r["layer"] for r in rows))
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours (tab10 repeats after 10 layers)
     for i, name in enumerate(layers):
-        c = f"C{i % 10}"
+        c = colors[(2 * i) % 20 + (2 * i) // 20 % 2]
         lr = sorted((r for r in rows if r["layer"] == name and r["kind"] == "length"), key=lambda r: r["length"])
         for mode, ls in (("parallel", "-"), ("recurrent", "--")):
             pts = [(r["length"], r[f"{mode}_s"], r[f"{mode}_mb"]) for r in lr if f"{mode}_s" in r]
@@ -270,12 +271,19 @@ def plot_speed(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
                          ms=3, label=name)
     axes[0].set(xscale="log", yscale="log", xlabel="L", ylabel="ms (whole sequence)",
                 title="time vs L (solid: parallel, dashed: recurrent)")
-    axes[1].set(xscale="log", yscale="symlog", xlabel="L", ylabel="peak extra MB", title="peak memory vs L")
+    axes[1].set(xscale="log", yscale="log", xlabel="L", ylabel="peak extra MB (live tensors)", title="peak memory vs L")
     axes[2].set(xscale="log", yscale="log", xlabel="position t (tokens already seen)", ylabel="µs per step",
                 title="step latency vs position")
     axes[0].legend(fontsize=7)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    lengths = sorted({r["length"] for r in rows if r["kind"] == "length"})
     for a in axes:
         a.title.set_fontsize(9)
+    for a in axes[:2]:  # ticks at the measured lengths, no crowded minor labels
+        a.set_xticks(lengths, [str(n) for n in lengths])
+        a.xaxis.set_minor_formatter(NullFormatter())
+    axes[2].xaxis.set_major_formatter(ScalarFormatter())
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
