@@ -32,6 +32,7 @@ LAYERS = {
     "attention (SDPA)": ("attention", {}),
     "linear_attn": ("linear_attn", {}),
     "gau": ("gau", {}),
+    "gau (chunk 128)": ("gau", {"chunk_size": 128}),  # less quadratic in-chunk work (FLASH default: 256)
     "gau (expand=1)": ("gau", {"expand": 1}),  # GAU's default e = 2·d_model replaces attention + MLP; this is about attention's size
     "transnormer (norm)": ("transnormer", {}),
     "transnormer (diag)": ("transnormer", {"attention": "diag"}),

@@ -5,7 +5,8 @@
                                   # (seqzoo bench lra --preset quick: every layer x every task)
     python3 scripts/dev.py test   # venv + torch + build the extension + run the test suite
 
-Both create ``.venv`` next to this repository on first use and reuse it after.
+Both create ``.venv`` next to this repository on first use (seqzoo with its ``bench`` and
+``dev`` extras) and reuse it after.
 torch is installed first and pinned (``TORCH_SPEC``, default ``torch==2.13.0``, the CPU
 build on machines without a GPU); the package is then installed *without* build
 isolation, so pip never replaces that torch with an unpinned CUDA build.
@@ -28,6 +29,7 @@ TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 # The main job: every registered layer x every task at small sizes (the quick preset);
 # prints the results table and the paths of results.md, results.jsonl and accuracy.png.
 MAIN_JOB = ["-m", "seqzoo.cli", "bench", "lra", "--preset", "quick"]
+EXTRAS = "bench,dev"
 
 
 def _bin(name: str) -> Path:
@@ -75,14 +77,12 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     cmd, rest = argv[0], argv[1:]
-    if cmd == "setup":
-        setup("bench,dev")
-        return 0
+    # one environment for all three (the extras are small next to torch): `test` after `run`
+    # neither reinstalls nor rebuilds, and the tests that use the bench extras run too
+    py = setup(EXTRAS)
     if cmd == "run":
-        py = setup("bench")
         _run([py, *MAIN_JOB, *rest])
-    else:
-        py = setup("dev")
+    elif cmd == "test":
         _run([py, "-m", "pytest", *rest])
     return 0
 

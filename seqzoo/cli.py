@@ -142,7 +142,7 @@ def bench_lra(
     typer.echo(s.table)
     typer.echo("")
     for name, path in s.files.items():
-        typer.echo(f"{name:14s} {path}")
+        typer.echo(f"{name:14s} {Path(path).resolve()}")
 
 
 def _dry_run(cells) -> None:
