@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
 
-import seqzoo
 from seqzoo.config import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="seqzoo: sequence layers in parallel and recurrent form.")
@@ -231,38 +229,6 @@ def bench_speed(
             typer.echo(str(f))
 
 
-def _time(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _step_loop(layer, x):
-    s = layer.init_state(x.shape[0])
-    out = []
-    for t in range(x.shape[1]):
-        y_t, s = layer.step(x[:, t], s)
-        out.append(y_t)
-    return torch.stack(out, 1)
-
-
-def _compare_modes(layer, x) -> tuple[str, str, str, str]:
-    """(max relative difference, parallel ms, recurrent ms, recurrent/parallel) for one layer."""
-    with torch.inference_mode():
-        y, _ = layer(x)
-        t_par = _time(lambda: layer(x))
-        if not layer.can_step():
-            return "n/a", f"{t_par * 1e3:.1f}", "n/a", "n/a"
-        y_rec = _step_loop(layer, x)
-        t_rec = _time(lambda: _step_loop(layer, x), repeats=1)
-    diff = (y - y_rec).abs().max().item() / max(y.abs().max().item(), 1e-30)
-    return f"{diff:.2e}", f"{t_par * 1e3:.1f}", f"{t_rec * 1e3:.1f}", f"{t_rec / t_par:.1f}x"
-
-
 @app.command()
 def demo(
     d_model: int = typer.Option(64, help="model width"),
@@ -271,20 +237,12 @@ def demo(
     seed: int = typer.Option(0),
 ) -> None:
     """Build each registered layer; run its parallel and recurrent forms on one sequence;
-    print the max difference and the time of each mode."""
-    torch.manual_seed(seed)
-    rows = []
-    for name in seqzoo.list_layers():
-        layer = seqzoo.build(name, d_model=d_model).eval()
-        rows.append((name, *_compare_modes(layer, torch.randn(batch, length, d_model))))
-    head = ("layer", "max rel diff", "parallel ms", "recurrent ms", "rec/par")
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    print the max difference, time and memory of each mode (a small `seqzoo bench modes`)."""
+    from seqzoo.speed import compare_modes, modes_table
+
+    rows = compare_modes(d_model=d_model, length=length, batch=batch, repeats=1, seed=seed, progress=False)
     typer.echo(f"seqzoo demo: B={batch}, L={length}, d_model={d_model}, float32, {torch.get_num_threads()} threads")
-    typer.echo(line(head))
-    typer.echo("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        typer.echo(line(r))
+    typer.echo(modes_table(rows))
 
 
 def main() -> None:

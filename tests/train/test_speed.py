@@ -48,3 +48,14 @@ def test_cli_bench_modes_and_speed_write_files(tmp_path):
     assert len(rows) == 4 and (tmp_path / "s" / "speed.png").stat().st_size > 1000
     r = runner.invoke(app, ["bench", "speed", "--layers", "s4x", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "unknown layer 's4x'" in r.output
+
+
+def test_demo_prints_every_layer_with_both_forms_agreeing():
+    import seqzoo
+
+    res = CliRunner().invoke(app, ["demo", "--d-model", "8", "--length", "12", "--batch", "1"])
+    assert res.exit_code == 0, res.output
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in res.output.splitlines()
+            if line.startswith("| ") and "layer" not in line}
+    assert set(rows) == set(seqzoo.list_layers())
+    assert all(float(rel) < 1e-4 for rel in rows.values()), rows  # max rel diff, parallel vs step loop
