@@ -171,7 +171,7 @@ def bench_modes(
 ) -> None:
     """Every layer, parallel vs recurrent inference on one sequence: max difference, time and
     peak memory of each mode, per-token step latency. One table (modes.md) and one plot (modes.png)."""
-    from seqzoo.speed import compare_modes, modes_table, plot_modes, write_jsonl
+    from seqzoo.speed import compare_modes, modes_table, plot_modes
 
     if threads:
         torch.set_num_threads(threads)
@@ -179,15 +179,9 @@ def bench_modes(
         rows = compare_modes(_names(layers), d_model=d_model, length=length, batch=batch, repeats=repeats)
     except ConfigError as e:
         _fail(e)
-    text = (f"seqzoo bench modes: B={batch}, L={length}, d_model={d_model}, float32, {torch.get_num_threads()} "
-            f"thread(s), torch {torch.__version__}\n\n" + modes_table(rows))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "modes.md").write_text(text + "\n")
-    files = [write_jsonl(rows, out / "modes.jsonl"), out / "modes.md", plot_modes(rows, out / "modes.png")]
-    typer.echo(text)
-    for f in files:
-        if f is not None:
-            typer.echo(str(f))
+    _write_bench(out, "modes", rows, plot_modes,
+                 f"seqzoo bench modes: B={batch}, L={length}, d_model={d_model}, float32, "
+                 f"{torch.get_num_threads()} thread(s), torch {torch.__version__}\n\n" + modes_table(rows))
 
 
 @bench_app.command("speed")
@@ -204,7 +198,7 @@ def bench_speed(
 ) -> None:
     """Time and peak memory against L for the parallel and recurrent forms of every layer,
     and step latency against position: speed.md, speed.jsonl, speed.png."""
-    from seqzoo.speed import plot_speed, speed_sweep, speed_tables, write_jsonl
+    from seqzoo.speed import plot_speed, speed_sweep, speed_tables
 
     if threads:
         torch.set_num_threads(threads)
@@ -218,11 +212,19 @@ def bench_speed(
                            max_recurrent_length=max_recurrent_length)
     except ConfigError as e:
         _fail(e)
-    text = (f"seqzoo bench speed: B={batch}, d_model={d_model}, float32, {torch.get_num_threads()} thread(s), "
-            f"torch {torch.__version__}\n\n" + speed_tables(rows))
+    _write_bench(out, "speed", rows, plot_speed,
+                 f"seqzoo bench speed: B={batch}, d_model={d_model}, float32, {torch.get_num_threads()} thread(s), "
+                 f"torch {torch.__version__}\n\n" + speed_tables(rows))
+
+
+def _write_bench(out: Path, stem: str, rows: list[dict], plot, text: str) -> None:
+    """<stem>.md (the table), <stem>.jsonl (the rows) and <stem>.png in ``out``; print the
+    table and the files' paths."""
+    from seqzoo.speed import write_jsonl
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.md").write_text(text + "\n")
-    files = [write_jsonl(rows, out / "speed.jsonl"), out / "speed.md", plot_speed(rows, out / "speed.png")]
+    (out / f"{stem}.md").write_text(text + "\n")
+    files = [write_jsonl(rows, out / f"{stem}.jsonl"), out / f"{stem}.md", plot(rows, out / f"{stem}.png")]
     typer.echo(text)
     for f in files:
         if f is not None:
