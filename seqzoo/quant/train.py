@@ -37,6 +37,7 @@ from torch.utils.data import Dataset, TensorDataset
 from seqzoo.config import ConfigError, config_from_dict, load_yaml
 from seqzoo.quant.metrics import code_histogram, masked_mse, perplexity
 from seqzoo.quant.tokenizer import Tokenizer, TokenizerConfig
+from seqzoo.train.loop import lr_lambda
 
 __all__ = ["DATASETS", "app", "check_data_name", "evaluate_tokenizer", "make_dataset", "train_tokenizer"]
 
@@ -177,14 +178,7 @@ def train_tokenizer(config: TokenizerConfig, data: str = "digits", *, steps: int
     tok = Tokenizer(config).to(device)
     tok.fit_normalizer(train_x.to(device))
     opt = torch.optim.Adam(tok.parameters(), lr=lr)
-    warm = max(1, steps // 20)
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup=max(1, steps // 20), min_ratio=0.1))
     g = torch.Generator().manual_seed(seed)
     tok.train()
     t0 = time.perf_counter()
