@@ -312,15 +312,16 @@ def evaluate(model: nn.Module, ds, plan: Plan, split: str, *, d: Dist | None = N
 
 
 # ---------------------------------------------------------------------------- the run
-def _config_json(cfg: RunConfig) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+def same_config(saved: Any, cfg: RunConfig) -> bool:
+    """Whether a config read back from a run folder's JSON is ``cfg``."""
+    return json.dumps(saved, sort_keys=True, default=str) == json.dumps(cfg.to_dict(), sort_keys=True, default=str)
 
 
 def _check_run_dir(out: Path, cfg: RunConfig, resume: bool) -> None:
     f = out / "config.json"
     if f.is_file() and resume:
         saved = json.loads(f.read_text())
-        if json.dumps(saved, sort_keys=True, default=str) != _config_json(cfg):
+        if not same_config(saved, cfg):
             diff = sorted(k for k in set(saved) | set(cfg.to_dict()) if saved.get(k) != cfg.to_dict().get(k))
             raise RunExists(f"{out} holds a run with a different config (differs in: {', '.join(diff)}); "
                             "use another output folder, or pass --no-resume to start over there")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from seqzoo.train.config import RunConfig, compose, resolve
+from seqzoo.train.loop import same_config
 from seqzoo.train.published import LAYER_TO_MODEL, LRA_TASKS, PUBLISHED, SOURCES
 
 __all__ = ["Cell", "plan_suite", "run_suite", "results_table", "published_table", "plot_results", "SuiteSummary"]
@@ -110,7 +111,7 @@ def _run_cell(cell: Cell, run_dir: str, data_root: str | None) -> dict[str, Any]
         _WORKER_DATA.clear()  # cells run task by task: keep one task's splits at a time
         _WORKER_DATA[key] = build_datasets(plan, data_root, progress=False, workers=1)
     saved = Path(run_dir) / "config.json"
-    same = saved.is_file() and _same_config(json.loads(saved.read_text()), cell.config)
+    same = saved.is_file() and same_config(json.loads(saved.read_text()), cell.config)
     t0, c0 = time.perf_counter(), time.process_time()
     result = train(plan, run_dir, datasets=_WORKER_DATA[key], progress=False, log=lambda *a, **k: None,
                    resume=same)  # an interrupted cell continues from its checkpoint; a changed one starts over
@@ -127,11 +128,7 @@ def _previous(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
         result = json.loads(f.read_text())
     except ValueError:
         return None
-    return result if _same_config(result.get("config"), cfg) else None
-
-
-def _same_config(saved: Any, cfg: RunConfig) -> bool:
-    return json.dumps(saved, sort_keys=True, default=str) == json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    return result if same_config(result.get("config"), cfg) else None
 
 
 def _cpu_seconds() -> float:
