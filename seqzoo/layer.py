@@ -169,10 +169,26 @@ class SequenceLayer(nn.Module):
         store[key] = (sig, value)
         return value
 
+    # ------------------------------------------------------------------ precision
+    def _fp32_params(self) -> tuple[nn.Parameter, ...]:
+        """Parameters that module casts (``.half()``, ``.to(torch.bfloat16)``) leave in fp32,
+        for recurrences that are sensitive to their precision. None by default."""
+        return ()
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for p in self._fp32_params():
+            if p.dtype in (torch.float16, torch.bfloat16):
+                p.data = p.data.float()
+        return self
+
     # ------------------------------------------------------------------ validation
     def _reference_tensor(self) -> Tensor | None:
+        """The parameter whose device and dtype inputs are checked against: the first
+        floating-point one that module casts reach (not one kept in fp32)."""
+        kept = {id(p) for p in self._fp32_params()}
         for p in self.parameters():
-            if p.is_floating_point():
+            if p.is_floating_point() and id(p) not in kept:
                 return p
         return None
 

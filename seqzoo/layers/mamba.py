@@ -39,8 +39,6 @@ from seqzoo.layer import LayerInputError, SequenceLayer, optim_hint, ssm_dtype
 from seqzoo.ops import causal_conv1d, causal_conv1d_update, selective_scan
 from seqzoo.registry import register
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
 
 @dataclass
 class MambaConfig:
@@ -120,19 +118,9 @@ class Mamba(SequenceLayer):
             optim_hint(p, weight_decay=0.0)
 
     def _fp32_params(self) -> tuple[nn.Parameter, ...]:
+        """Module casts leave A_log, D and the Δ bias in fp32: the selective scan is sensitive
+        to their precision (mamba #6)."""
         return (self.A_log, self.D, self.dt_proj.bias)
-
-    def _apply(self, fn, recurse=True):
-        """Module casts (``.half()``, ``.to(torch.bfloat16)``) leave A_log, D and the Δ bias in
-        fp32: the selective scan is sensitive to their precision (mamba #6)."""
-        super()._apply(fn, recurse)
-        for p in self._fp32_params():
-            if p.dtype in _LOW_PRECISION:
-                p.data = p.data.float()
-        return self
-
-    def _reference_tensor(self) -> Tensor:
-        return self.in_proj.weight  # not A_log: that stays fp32 when the module is cast down
 
     # ---------------------------------------------------------------- pieces
     @property

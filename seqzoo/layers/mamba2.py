@@ -40,8 +40,6 @@ from seqzoo.layers.mamba import conv_state_at, inverse_softplus
 from seqzoo.ops import causal_conv1d, causal_conv1d_update, ssd
 from seqzoo.registry import register
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
 
 @dataclass
 class Mamba2Config:
@@ -126,16 +124,9 @@ class Mamba2(SequenceLayer):
         for p in (self.A_log, self.D, self.dt_bias):
             optim_hint(p, weight_decay=0.0)
 
-    def _apply(self, fn, recurse=True):
+    def _fp32_params(self) -> tuple[nn.Parameter, ...]:
         """Module casts to fp16/bf16 leave A_log, D and dt_bias in fp32."""
-        super()._apply(fn, recurse)
-        for p in (self.A_log, self.D, self.dt_bias):
-            if p.dtype in _LOW_PRECISION:
-                p.data = p.data.float()
-        return self
-
-    def _reference_tensor(self) -> Tensor:
-        return self.in_proj.weight  # not A_log: that stays fp32 when the module is cast down
+        return (self.A_log, self.D, self.dt_bias)
 
     # ---------------------------------------------------------------- pieces
     @property
