@@ -16,6 +16,7 @@ from torch import Tensor
 
 from seqzoo import _ext
 from seqzoo.ops import _dispatch
+from seqzoo.ops._checks import check_real_tensors
 from seqzoo.ops.causal_conv1d import ref
 
 if _ext.available():
@@ -23,7 +24,6 @@ if _ext.available():
 
 __all__ = ["causal_conv1d", "causal_conv1d_update"]
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _ACTIVATIONS = (None, "silu", "swish")
 _pkg = None  # the causal_conv1d package's (fn, update), once imported
 _pkg_error: str | None = None
@@ -48,15 +48,7 @@ _dispatch.register_extra_backend("causal_conv1d", "causal_conv1d", ("cuda",), _p
 
 def _check(x: Tensor, weight: Tensor, bias, state, activation, *, state_name: str, step: bool) -> None:
     fn = "causal_conv1d_update" if step else "causal_conv1d"
-    for name, t in (("x", x), ("weight", weight), ("bias", bias), (state_name, state)):
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOATS:
-            raise TypeError(f"{fn}: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32, float64")
-        if t.device != x.device:
-            raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
+    check_real_tensors(fn, {"x": x, "weight": weight, "bias": bias, state_name: state})
     if activation not in _ACTIVATIONS:
         raise ValueError(f"{fn}: activation must be one of None, 'silu', 'swish', got {activation!r}")
     want = "(B, D)" if step else "(B, D, L)"

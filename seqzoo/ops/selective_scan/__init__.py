@@ -21,6 +21,7 @@ from torch import Tensor
 
 from seqzoo import _ext
 from seqzoo.ops import _dispatch
+from seqzoo.ops._checks import check_real_tensors
 from seqzoo.ops.selective_scan import ref
 
 if _ext.available():
@@ -33,7 +34,6 @@ log = logging.getLogger("seqzoo")
 # Steps between the states the forward keeps for the backward: memory B*D*N*L/64 values.
 CHECKPOINT_CHUNK = 64
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _mamba_ssm_fn = None  # mamba_ssm.ops.selective_scan_interface.selective_scan_fn, once imported
 _mamba_ssm_error: str | None = None
 
@@ -58,16 +58,9 @@ _dispatch.register_extra_backend("selective_scan", "mamba_ssm", ("cuda",), _mamb
 def _check(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
     named = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
     for name, t in named.items():
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"selective_scan: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.is_complex():
+        if isinstance(t, Tensor) and t.is_complex():
             raise TypeError(f"selective_scan: {name} is complex; this op is the real selective scan (real A, B, C)")
-        if t.dtype not in _FLOATS:
-            raise TypeError(f"selective_scan: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32, float64")
-        if t.device != u.device:
-            raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {u.device}")
+    check_real_tensors("selective_scan", named)
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be (B, D, L), got shape {tuple(u.shape)}")
     Bsz, Dm, L = u.shape

@@ -25,11 +25,11 @@ from einops import rearrange
 from torch import Tensor
 
 from seqzoo.ops import _dispatch
+from seqzoo.ops._checks import check_real_tensors
 from seqzoo.ops.ssd import ref
 
 __all__ = ["ssd", "ssd_chunked"]
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _mamba_chunk_scan = None
 _mamba_error: str | None = None
 
@@ -120,15 +120,7 @@ def ssd_chunked(
 
 
 def _check(x, dt, A, B, C, chunk_size, initial_state) -> None:
-    for name, t in dict(x=x, dt=dt, A=A, B=B, C=C, initial_state=initial_state).items():
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"ssd: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOATS:
-            raise TypeError(f"ssd: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32, float64")
-        if t.device != x.device:
-            raise ValueError(f"ssd: {name} is on {t.device} but x is on {x.device}")
+    check_real_tensors("ssd", dict(x=x, dt=dt, A=A, B=B, C=C, initial_state=initial_state))
     if x.dim() != 4:
         raise ValueError(f"ssd: x must be (B, L, H, P), got shape {tuple(x.shape)}")
     Bsz, L, H, P = x.shape
