@@ -89,15 +89,15 @@ def chunk(
     # S_n = a_n S_{n-1} + U_n (a cumulative sum without decay, the compiled diagonal scan
     # with one), and every chunk's queries against the state before it in one more matmul.
     U = kc.transpose(-1, -2) @ vc  # (B, H, N, K, V')
-    S0 = initial_state.to(U.dtype) if initial_state is not None else None
+    S0 = initial_state.to(U.dtype) if initial_state is not None else U.new_zeros(B, H, K, Vp)
     if a_end is None:
-        S_after = U.cumsum(2) if S0 is None else U.cumsum(2) + S0[:, :, None]
+        S_after = U.cumsum(2)
+        if initial_state is not None:
+            S_after += S0[:, :, None]
     else:
         a = a_end.expand(B, H, N, 1, 1).reshape(B * H, N, 1, 1)
-        S_after = diag_scan(a.to(U.dtype), U.reshape(B * H, N, K, Vp),
-                            None if S0 is None else S0.reshape(B * H, K, Vp))[0].view(B, H, N, K, Vp)
-    first = S0[:, :, None] if S0 is not None else U.new_zeros(B, H, 1, K, Vp)
-    S_before = torch.cat([first, S_after[:, :, :-1]], dim=2)  # the state each chunk starts from
+        S_after = diag_scan(a.to(U.dtype), U.reshape(B * H, N, K, Vp), S0.reshape(B * H, K, Vp))[0].view(B, H, N, K, Vp)
+    S_before = torch.cat([S0[:, :, None], S_after[:, :, :-1]], dim=2)  # the state each chunk starts from
     o = torch.baddbmm(o.flatten(0, 2), qc.flatten(0, 2), S_before.flatten(0, 2)).view(o.shape)
     final = S_after[:, :, -1]
     o = rearrange(o, "b h n c d -> b h (n c) d")[:, :, :L]
