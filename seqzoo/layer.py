@@ -23,12 +23,13 @@ reports it through ``step_disabled_reason()``; ``step`` then raises naming that 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SequenceLayer", "LayerInputError", "optim_hint", "ssm_dtype"]
+__all__ = ["SequenceLayer", "LayerInputError", "no_autocast", "optim_hint", "ssm_dtype"]
 
 
 class LayerInputError(ValueError):
@@ -92,7 +93,8 @@ class SequenceLayer(nn.Module):
         at real positions, their outputs are zero, and the returned state is the state
         after the last real token of each row.
         ``return_state=False`` returns ``(y, None)`` and lets a layer skip computing the
-        final state (training does not need it).
+        final state (training does not need it). An empty sequence (L = 0) returns an
+        empty y and the state unchanged (a fresh one if None).
         """
         self._check_x(x, rank=3, what="x")
         if state is not None:
@@ -102,6 +104,10 @@ class SequenceLayer(nn.Module):
             self._check_state(state, x.shape[0], x)
         if lengths is not None:
             lengths = self._check_lengths(lengths, x)
+        if x.shape[1] == 0:  # an empty sequence changes nothing (what nn.LSTM's users expect)
+            if state is None and return_state:
+                state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+            return x.new_zeros(x.shape), (state if return_state else None)
         y, new_state = self._forward(x, state, lengths, return_state)
         if not return_state:
             new_state = None
@@ -170,23 +176,45 @@ class SequenceLayer(nn.Module):
         return value
 
     # ------------------------------------------------------------------ precision
-    def _fp32_params(self) -> tuple[nn.Parameter, ...]:
-        """Parameters that module casts (``.half()``, ``.to(torch.bfloat16)``) leave in fp32,
-        for recurrences that are sensitive to their precision. None by default."""
-        return ()
+    def keep_fp32(self, *names: str) -> None:
+        """Name parameters or buffers (dotted, relative to this layer) that module casts
+        (``.half()``, ``.to(torch.bfloat16)``) leave in fp32, bit for bit: the SSM parameters
+        that a recurrence is sensitive to (A, Δ, decays; mamba #6). In bf16 an S4D-Lin
+        frequency π·n ≈ 100 would move by up to 0.25 and a RetNet decay 1 - 2⁻¹² would
+        round to 1. Autocast leaves parameters alone anyway; this covers module casts."""
+        self._fp32_names = (*getattr(self, "_fp32_names", ()), *names)
+
+    def _fp32_tensors(self) -> dict[str, Tensor]:
+        """name -> the tensor (parameter or buffer) that :meth:`keep_fp32` named."""
+        out = {}
+        for name in getattr(self, "_fp32_names", ()):
+            mod_name, _, leaf = name.rpartition(".")
+            mod = self.get_submodule(mod_name)
+            t = mod._parameters.get(leaf) if leaf in mod._parameters else mod._buffers.get(leaf)
+            if t is not None:
+                out[name] = t
+        return out
 
     def _apply(self, fn, recurse=True):
+        # the kept tensors' values before the cast (.data: the storage, not the Parameter,
+        # whose .data the cast replaces), restored on the cast's device if it lowered them
+        before = {n: t.data for n, t in self._fp32_tensors().items()}
         super()._apply(fn, recurse)
-        for p in self._fp32_params():
-            if p.dtype in (torch.float16, torch.bfloat16):
-                p.data = p.data.float()
+        for name, after in self._fp32_tensors().items():
+            if after.dtype in (torch.float16, torch.bfloat16) and before[name].dtype not in (torch.float16, torch.bfloat16):
+                value = before[name].to(device=after.device)
+                if isinstance(after, nn.Parameter):
+                    after.data = value
+                else:
+                    mod_name, _, leaf = name.rpartition(".")
+                    self.get_submodule(mod_name)._buffers[leaf] = value
         return self
 
     # ------------------------------------------------------------------ validation
     def _reference_tensor(self) -> Tensor | None:
         """The parameter whose device and dtype inputs are checked against: the first
         floating-point one that module casts reach (not one kept in fp32)."""
-        kept = {id(p) for p in self._fp32_params()}
+        kept = {id(t) for t in self._fp32_tensors().values()}
         for p in self.parameters():
             if p.is_floating_point() and id(p) not in kept:
                 return p
@@ -296,3 +324,12 @@ def ssm_dtype(x: Tensor) -> torch.dtype:
     """The real dtype SSM arithmetic runs in for input ``x``: at least fp32 (bf16/fp16
     inputs under autocast are computed in fp32), fp64 stays fp64."""
     return torch.promote_types(x.dtype, torch.float32)
+
+
+def no_autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """A region where autocast is off for ``device``'s type. SSM arithmetic (discretisation,
+    kernels, FFT convolutions, scans, state updates) runs inside one, on inputs cast to
+    :func:`ssm_dtype`, so that autocast cannot silently move a matmul of it into bf16/fp16
+    (the anchors' pattern: the SSM in fp32 or complex64 whatever the input dtype, the result
+    cast back; projections around it stay under autocast)."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 
@@ -13,3 +14,12 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
         return 0.0
     scale = b.abs().max().item()
     return (a - b).abs().max().item() / max(scale, 1e-30)
+
+
+# Tests that compare against references take a ``device`` parameter: CUDA cases carry the
+# ``cuda`` marker (``pytest -m cuda`` on a GPU machine runs them all) and skip without a GPU.
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=(pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device"))),
+]

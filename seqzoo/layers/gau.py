@@ -148,12 +148,15 @@ class GAU(SequenceLayer):
             a = scores.add_(self._bias(vv.dtype)).relu_().square_()
         o_quad = a @ vv  # (B, N, C, e)
         # across chunks: linear attention over all earlier chunks. A loop over the N chunks
-        # carries one (s, e) sum; S_before[n] = S0 + Σ_{m<n} k_lin,m v_mᵀ
+        # carries one (s, e) sum; S_before[n] = S0 + Σ_{m<n} k_lin,m v_mᵀ. The sum stays in
+        # ssm_dtype (fp32 under autocast, whose matmuls return bf16/fp16): each chunk's
+        # product is added to it in full precision, so rounding does not grow with L.
         S = state.S.to(vv.dtype)
         S_before = [S]
         for n in range(qq.shape[1]):
-            o_quad[:, n].baddbmm_(ql[:, n], S)  # in place: o_quad is only a matmul's output
-            S = torch.baddbmm(S, kl[:, n].transpose(-1, -2), vv[:, n])
+            # in place: o_quad is only a matmul's output (in the autocast dtype, if any)
+            o_quad[:, n].baddbmm_(ql[:, n].to(o_quad.dtype), S.to(o_quad.dtype))
+            S = S + kl[:, n].transpose(-1, -2) @ vv[:, n]
             S_before.append(S)
         o = unsplice(rearrange(o_quad, "b n c e -> b (n c) e"), n_buf, L)  # (B, L, e)
         y = self.out((u * o).to(x.dtype))

@@ -119,9 +119,11 @@ class LinearAttention(SequenceLayer):
         self.n_feat = self.fmap.out_dim
         if config.decay == "retnet":
             self.register_buffer("gammas", retnet_gammas(H).float())
+            self.keep_fp32("gammas")  # 1 - 2⁻¹² rounds to 1 in bf16
         elif config.decay == "learned":
             g = retnet_gammas(H)
             self.decay_logit = optim_hint(nn.Parameter(torch.log(g / (1 - g)).float()), weight_decay=0.0)
+            self.keep_fp32("decay_logit")
 
     # ---------------------------------------------------------------- pieces
     def _gamma(self, dtype: torch.dtype) -> float | Tensor | None:

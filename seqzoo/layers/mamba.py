@@ -116,11 +116,7 @@ class Mamba(SequenceLayer):
         self.D = nn.Parameter(torch.ones(E))
         for p in (self.A_log, self.D, self.dt_proj.bias):
             optim_hint(p, weight_decay=0.0)
-
-    def _fp32_params(self) -> tuple[nn.Parameter, ...]:
-        """Module casts leave A_log, D and the Δ bias in fp32: the selective scan is sensitive
-        to their precision (mamba #6)."""
-        return (self.A_log, self.D, self.dt_proj.bias)
+        self.keep_fp32("A_log", "D", "dt_proj.bias")  # the selective scan is sensitive to them (mamba #6)
 
     # ---------------------------------------------------------------- pieces
     @property

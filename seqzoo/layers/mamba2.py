@@ -123,10 +123,7 @@ class Mamba2(SequenceLayer):
         self.out_proj = nn.Linear(E, c.d_model, bias=c.bias)
         for p in (self.A_log, self.D, self.dt_bias):
             optim_hint(p, weight_decay=0.0)
-
-    def _fp32_params(self) -> tuple[nn.Parameter, ...]:
-        """Module casts to fp16/bf16 leave A_log, D and dt_bias in fp32."""
-        return (self.A_log, self.D, self.dt_bias)
+        self.keep_fp32("A_log", "D", "dt_bias")
 
     # ---------------------------------------------------------------- pieces
     @property

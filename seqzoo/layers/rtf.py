@@ -63,7 +63,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from seqzoo.layer import SequenceLayer, optim_hint, ssm_dtype
+from seqzoo.layer import SequenceLayer, no_autocast, optim_hint, ssm_dtype
 from seqzoo.modules.ssm_block import SSMOutput
 from seqzoo.registry import register
 
@@ -235,13 +235,14 @@ class RTF(SequenceLayer):
             optim_hint(p, weight_decay=0.0, **hints)
         if config.constraint == "l1":
             self.a_scale = optim_hint(nn.Parameter(torch.rand(rows)), weight_decay=0.0, **hints)
+        self.keep_fp32("a", "b", *(("a_scale",) if config.constraint == "l1" else ()))  # the poles and zeros
         self.post = SSMOutput(H, H, config.activation, config.output, config.dropout)
 
     # ---------------------------------------------------------------- the system
     def system(self, dtype: torch.dtype = torch.float32) -> RTFSystem:
         """Coefficients and the T-tap state-free kernel, in float64 if ``dtype`` is, else
         float32 (autocast off: the SSM never runs in half precision)."""
-        with torch.autocast(device_type=self.a.device.type, enabled=False):
+        with no_autocast(self.a.device):
             rdtype = torch.float64 if dtype == torch.float64 else torch.float32
             a = self.a.to(rdtype)
             if self.config.constraint == "l1":

@@ -72,7 +72,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from seqzoo import hippo
-from seqzoo.layer import SequenceLayer, optim_hint, ssm_dtype
+from seqzoo.layer import SequenceLayer, no_autocast, optim_hint, ssm_dtype
 from seqzoo.layers.s4d import fft_bidirectional_conv, fft_causal_conv
 from seqzoo.modules.ssm_block import SSMOutput
 from seqzoo.ops import cauchy
@@ -203,6 +203,7 @@ class S4(SequenceLayer):
         self.D = nn.Parameter(torch.randn(config.channels, H))
         for p in (self.log_dt, self.log_A_real, self.A_imag, self.P, self.B):
             optim_hint(p, weight_decay=0.0, **({"lr": config.lr} if config.lr is not None else {}))
+        self.keep_fp32("log_dt", "log_A_real", "A_imag", "P", "B")
         self.post = SSMOutput(config.channels * H, H, config.activation, config.output, config.dropout)
 
     # ---------------------------------------------------------------- SSM parameters
@@ -210,7 +211,7 @@ class S4(SequenceLayer):
         """(Δ (H,), Λ (H, M), P (r, H, M), B (H, M), C̃ (rows, H, M)) in the complex dtype
         matching ``dtype``, in at least fp32 (autocast off)."""
         rdtype, cdtype = _dtypes(dtype)
-        with torch.autocast(device_type=self.D.device.type, enabled=False):
+        with no_autocast(self.D.device):
             dt = torch.exp(self.log_dt.to(rdtype))
             lam = torch.complex(-torch.exp(self.log_A_real.to(rdtype)), self.A_imag.to(rdtype))
             P = torch.view_as_complex(self.P.to(rdtype).contiguous())
@@ -227,7 +228,7 @@ class S4(SequenceLayer):
         rank-r term P_full P_fullᴴ becomes 2 p pᵀ with p = (Re P, Im P) interleaved, B becomes
         (Re B, Im B) and C̃ becomes (2 Re C̃, -2 Im C̃)."""
         dt, lam, P, B, Ct = self._params(dtype)
-        with torch.autocast(device_type=self.D.device.type, enabled=False):
+        with no_autocast(self.D.device):
             N = self.config.d_state
             a, w, zero = lam.real, lam.imag, torch.zeros_like(lam.real)
             A = (  # (H, N, N) block diagonal: 2x2 blocks [[a, -w], [w, a]]
@@ -386,6 +387,13 @@ class S4(SequenceLayer):
 
     # ---------------------------------------------------------------- forms
     def _forward(self, x, state, lengths, return_state):
+        with no_autocast(x.device):  # the SSM in fp32 / complex64 at least, whatever autocast does
+            y, x_final = self._ssm(x, state, lengths, return_state)
+        return self.post(y.to(x.dtype)), (S4State(x_final) if return_state else None)
+
+    def _ssm(self, x, state, lengths, return_state):
+        """x (B, L, H) -> (y (B, L, channels·H) in ssm_dtype(x) before the output stage, the
+        final state (B, H, M) complex, or None when not ``return_state``)."""
         dtype = ssm_dtype(x)
         _, cdtype = _dtypes(dtype)
         Bsz, L, H = x.shape
@@ -400,9 +408,9 @@ class S4(SequenceLayer):
         if Kx is not None:
             y = y + Kx
         y = y + self.D.to(dtype)[:, :, None] * u_  # (B, ch, H, L)
-        y = rearrange(y, "b c h l -> b l (c h)").to(x.dtype)
+        y = rearrange(y, "b c h l -> b l (c h)")
         if not return_state:
-            return self.post(y), None
+            return y, None
         if lengths is not None:  # shift each row so that its last real token sits at L-1
             src = torch.arange(L, device=u.device)[None, :] - (L - lengths)[:, None]  # (B, L)
             u_end = torch.gather(u, 2, src.clamp(min=0)[:, None, :].expand(-1, H, -1))
@@ -411,9 +419,15 @@ class S4(SequenceLayer):
         else:
             u_end, n_steps = u, torch.full((Bsz,), L, device=u.device, dtype=torch.long)
         x_final = self._final_state(u_end, x0, n_steps)
-        return self.post(y), S4State(self._state_out(x_final, dtype))
+        return y, self._state_out(x_final, dtype)
 
     def _step(self, x_t, state):
+        with no_autocast(x_t.device):
+            y, x_new = self._ssm_step(x_t, state)
+        return self.post(y.to(x_t.dtype)), S4State(x_new)
+
+    def _ssm_step(self, x_t, state):
+        """x_t (B, H) -> (y (B, channels·H) in ssm_dtype(x_t), the new state)."""
         dtype = ssm_dtype(x_t)
         u = x_t.to(dtype)  # (B, H)
         Bsz, H = u.shape
@@ -428,7 +442,7 @@ class S4(SequenceLayer):
             x_new = mu * state.x + bd * u[..., None].to(bd.dtype)  # (B, H, N)
             y = torch.einsum("chn,bhn->bch", cd, x_new).real
         y = y + self.D.to(dtype) * u[:, None]
-        return self.post(rearrange(y, "b c h -> b (c h)").to(x_t.dtype)), S4State(x_new)
+        return rearrange(y, "b c h -> b (c h)"), x_new
 
     def _init_state(self, batch_size, device, dtype):
         cdtype = _dtypes(dtype)[1]

@@ -43,7 +43,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from seqzoo import hippo
-from seqzoo.layer import SequenceLayer, optim_hint, ssm_dtype
+from seqzoo.layer import SequenceLayer, no_autocast, optim_hint, ssm_dtype
 from seqzoo.modules.ssm_block import SSMOutput
 from seqzoo.ops import diag_scan, vandermonde, vandermonde_transpose
 from seqzoo.registry import register
@@ -184,6 +184,7 @@ class S4D(SequenceLayer):
         self.D = nn.Parameter(torch.randn(H))
         for p in (self.log_dt, self.log_A_real, self.A_imag):
             optim_hint(p, weight_decay=0.0, **({"lr": config.lr} if config.lr is not None else {}))
+        self.keep_fp32("log_dt", "log_A_real", "A_imag")
         self.post = SSMOutput(H, H, config.activation, config.output, config.dropout)
 
     # ---------------------------------------------------------------- SSM parameters
@@ -192,7 +193,7 @@ class S4D(SequenceLayer):
         C (H, N/2) or (2, H, N/2) when bidirectional. Always computed in at least fp32
         (autocast is disabled here)."""
         rdtype, cdtype = _complex(dtype)
-        with torch.autocast(device_type=self.D.device.type, enabled=False):
+        with no_autocast(self.D.device):
             dt = torch.exp(self.log_dt.to(rdtype)).unsqueeze(-1)  # (H, 1)
             A = torch.complex(-torch.exp(self.log_A_real.to(rdtype)), self.A_imag.to(rdtype))  # (H, M)
             dtA = (A * dt).to(cdtype)

@@ -52,7 +52,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from seqzoo import hippo
-from seqzoo.layer import SequenceLayer, optim_hint, ssm_dtype
+from seqzoo.layer import SequenceLayer, no_autocast, optim_hint, ssm_dtype
 from seqzoo.modules.ssm_block import SSMOutput
 from seqzoo.ops import diag_scan
 from seqzoo.registry import register
@@ -147,6 +147,7 @@ class S5(SequenceLayer):
         hints = {"lr": config.lr} if config.lr is not None else {}
         for p in (self.Lambda_re, self.Lambda_im, self.B, self.log_dt):
             optim_hint(p, weight_decay=0.0, **hints)
+        self.keep_fp32("Lambda_re", "Lambda_im", "B", "log_dt")
         self.post = SSMOutput(H, H, config.activation, config.output, config.dropout)
 
     @property
@@ -157,7 +158,7 @@ class S5(SequenceLayer):
     def continuous(self, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(Λ (M,), B̃ (M, H), C̃ (H, n·M), Δ (M,)) of the continuous-time diagonal system, in
         the complex dtype matching real ``dtype`` (fp32 at least; autocast off)."""
-        with torch.autocast(device_type=self.D.device.type, enabled=False):
+        with no_autocast(self.D.device):
             rdtype = torch.float64 if dtype == torch.float64 else torch.float32
             re = self.Lambda_re.to(rdtype)
             if self.config.clip_eigs:
@@ -171,7 +172,7 @@ class S5(SequenceLayer):
     def discretize(self, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
         """(Λ̄ (M,), B̄ (M, H), C̃ (H, n·M)) complex: ZOH or bilinear (module docstring)."""
         lam, B, C, dt = self.continuous(dtype)
-        with torch.autocast(device_type=self.D.device.type, enabled=False):
+        with no_autocast(self.D.device):
             if self.config.discretization == "zoh":
                 lam_bar = torch.exp(lam * dt)
                 B_bar = ((lam_bar - 1) / lam)[:, None] * B
@@ -189,7 +190,7 @@ class S5(SequenceLayer):
 
     def _ssm(self, u: Tensor, x0: Tensor | None, lengths: Tensor | None):
         """u (B, L, H) real (zero on padding) -> (y (B, L, H) without the D term, final state)."""
-        with torch.autocast(device_type=u.device.type, enabled=False):  # the SSM runs in fp32 at least
+        with no_autocast(u.device):  # the SSM runs in fp32 at least
             return self._ssm_fp32(u, x0, lengths)
 
     def _ssm_fp32(self, u: Tensor, x0: Tensor | None, lengths: Tensor | None):
@@ -220,7 +221,7 @@ class S5(SequenceLayer):
         dtype = ssm_dtype(x_t)
         u = x_t.to(dtype)  # (B, H)
         lam_bar, B_bar, C = self.cached(("step", dtype), lambda: self.discretize(dtype))
-        with torch.autocast(device_type=u.device.type, enabled=False):
+        with no_autocast(u.device):
             x = lam_bar * state.x + torch.complex(u @ B_bar.real.T, u @ B_bar.imag.T)  # (B, M)
             y = self._readout(x, C) + self.D.to(dtype) * u
         return self.post(y.to(x_t.dtype)), S5State(x)

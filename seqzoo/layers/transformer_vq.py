@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from seqzoo.layer import LayerInputError, SequenceLayer, ssm_dtype
+from seqzoo.layer import LayerInputError, SequenceLayer, no_autocast, ssm_dtype
 from seqzoo.modules.blocks import splice, take_rows, unsplice
 from seqzoo.registry import register
 
@@ -113,6 +113,7 @@ class TransformerVQ(SequenceLayer):
         # EMA codebook (not trained by gradients): C = c_sum / c_count
         self.register_buffer("c_sum", torch.randn(H, S, dk) * dk**-0.25)
         self.register_buffer("c_count", torch.ones(H, S))
+        self.keep_fp32("c_sum", "c_count")  # EMA steps of 1 - ema_decay are below bf16's resolution
         self.aux_loss: Tensor | None = None
 
     # ---------------------------------------------------------------- pieces
@@ -183,8 +184,10 @@ class TransformerVQ(SequenceLayer):
 
         causal = torch.ones(R, R, dtype=torch.bool, device=x.device).tril()
         # (in-place ops below act only on fresh matmul/cat outputs, which autograd does not save)
-        s_own = (qb @ kb.transpose(-1, -2)).masked_fill_(~(causal & okb[..., None, :]), neg)  # (B, H, N, R, R)
-        s_prev = torch.cat([qb[:, :, :1] @ k0.transpose(-1, -2), qb[:, :, 1:] @ kb[:, :, :-1].transpose(-1, -2)], dim=2)
+        # Scores and the softmax in ssm_dtype: under autocast the matmuls return bf16/fp16
+        # (``.to`` is free otherwise), whose range cannot hold the -inf stand-in ``neg``.
+        s_own = (qb @ kb.transpose(-1, -2)).to(dtype).masked_fill_(~(causal & okb[..., None, :]), neg)  # (B, H, N, R, R)
+        s_prev = torch.cat([qb[:, :, :1] @ k0.transpose(-1, -2), qb[:, :, 1:] @ kb[:, :, :-1].transpose(-1, -2)], dim=2).to(dtype)
         s_prev = s_prev.masked_fill_(~torch.cat([ok0, okb[:, :, :-1]], dim=2)[..., None, :], neg)
 
         # The compressive cache. "Extended" blocks: e = 0 is the state's previous block,
@@ -196,26 +199,29 @@ class TransformerVQ(SequenceLayer):
         cnt = torch.bincount((base + zd).flatten(), minlength=BH * (N + 1) * (S + 1)).view(B, H, N + 1, S + 1)[..., :S].to(dtype)
         cnt_before = state.counts.to(dtype)[:, :, None] + torch.cat([torch.zeros_like(cnt[:, :, :1]), cnt.cumsum(2)], dim=2)  # (B, H, N+2, S)
         cnt_q = cnt_before[:, :, :N]  # (B, H, N, S)
-        s_cache = torch.einsum("bhnrd,hsd->bhnrs", qb, C).masked_fill_((cnt_q == 0)[..., None, :], neg)
+        s_cache = torch.einsum("bhnrd,hsd->bhnrs", qb, C).to(dtype).masked_fill_((cnt_q == 0)[..., None, :], neg)
 
         with torch.no_grad():
             m = torch.maximum(torch.maximum(s_own.amax(-1), s_prev.amax(-1)), s_cache.amax(-1))[..., None]
         a_own, a_prev, a_cache = s_own.sub_(m).exp_(), s_prev.sub_(m).exp_(), s_cache.sub_(m).exp_()
         # Σ_codes exp(q·C_s) (c_s, U_s): the cache weighs each code by its count and value sum
-        den = a_own.sum(-1) + a_prev.sum(-1) + (a_cache @ cnt_q[..., None])[..., 0]  # (B, H, N, R)
-        num = a_own @ vb
+        num = (a_own @ vb).to(dtype)  # the local blocks' matmuls may run under autocast
         num[:, :, :1] += a_prev[:, :, :1] @ v0
         num[:, :, 1:] += a_prev[:, :, 1:] @ vb[:, :, :-1]
-        # value sums: a short loop over blocks carries one (S, dv) running sum (index_add of
-        # a block's values at their codes) instead of materialising it for every block.
-        U = torch.cat([state.sums.to(dtype), state.sums.new_zeros(B, H, 1, dv).to(dtype)], dim=2).view(BH * (S + 1), dv)
-        rows_bh = torch.arange(BH, device=x.device).view(B, H, 1) * (S + 1)
-        U_before = [U]  # U_before[j] = U0 + Σ_{e<j} extended block e  (flat, with the empty-slot row)
-        for n in range(N):
-            num[:, :, n] += a_cache[:, :, n] @ U.view(B, H, S + 1, dv)[:, :, :S]
-            block_v = v0[:, :, 0] if n == 0 else vb[:, :, n - 1]  # extended block n
-            U = U.index_add(0, (rows_bh + zd[:, :, n]).flatten(), block_v.reshape(BH * R, dv))
-            U_before.append(U)
+        # The cache's counts and value sums grow with L: fp32 at least, autocast or not
+        # (bf16 holds integers exactly only up to 256, fp16 overflows at 65504).
+        with no_autocast(x.device):
+            den = a_own.sum(-1) + a_prev.sum(-1) + (a_cache @ cnt_q[..., None])[..., 0]  # (B, H, N, R)
+            # value sums: a short loop over blocks carries one (S, dv) running sum (index_add
+            # of a block's values at their codes) instead of materialising it for every block.
+            U = torch.cat([state.sums.to(dtype), state.sums.new_zeros(B, H, 1, dv).to(dtype)], dim=2).view(BH * (S + 1), dv)
+            rows_bh = torch.arange(BH, device=x.device).view(B, H, 1) * (S + 1)
+            U_before = [U]  # U_before[j] = U0 + Σ_{e<j} extended block e  (flat, with the empty-slot row)
+            for n in range(N):
+                num[:, :, n] += a_cache[:, :, n] @ U.view(B, H, S + 1, dv)[:, :, :S]
+                block_v = v0[:, :, 0] if n == 0 else vb[:, :, n - 1]  # extended block n
+                U = U.index_add(0, (rows_bh + zd[:, :, n]).flatten(), block_v.reshape(BH * R, dv))
+                U_before.append(U)
         o = unsplice(rearrange(num / den[..., None], "b h n r d -> b (n r) (h d)"), p, L)  # (B, L, H*dv)
         y = self.out((o * gate).to(x.dtype))
         if not return_state:
@@ -253,14 +259,20 @@ class TransformerVQ(SequenceLayer):
 
     # ---------------------------------------------------------------- recurrent form
     def _step(self, x_t, state):
-        R = self.config.block_size
         q, k, v, gate = (t[:, 0] for t in self._project(x_t[:, None]))  # (B, H, d)
+        with no_autocast(x_t.device):  # one token: the attention and cache update in ssm_dtype
+            o, new_state = self._attend_step(q, k, v, state)
+        return self.out((rearrange(o, "b h d -> b (h d)") * gate).to(x_t.dtype)), new_state
+
+    def _attend_step(self, q, k, v, state):
+        """q, k, v (B, H, d) of one token -> (attention output (B, H, dv), new state)."""
+        R = self.config.block_size
         dtype = q.dtype
         neg = torch.finfo(dtype).min
         C = self.codebook(dtype)
         z = self.quantize(k, C)  # (B, H)
         p = state.pos % R
-        slots = torch.arange(2 * R, device=x_t.device)[None, :]  # (1, 2R)
+        slots = torch.arange(2 * R, device=q.device)[None, :]  # (1, 2R)
         here = slots == (R + p)[:, None]  # (B, 2R)
         z_buf = torch.where(here[..., None], z[:, None], state.z_buf)
         v_buf = torch.where(here[..., None, None], v[:, None], state.v_buf.to(dtype))
@@ -273,7 +285,6 @@ class TransformerVQ(SequenceLayer):
         a_loc, a_cache = torch.exp(s_loc - m), torch.exp(s_cache - m)
         num = torch.einsum("bhr,brhd->bhd", a_loc, v_buf) + torch.einsum("bhs,bhsd->bhd", a_cache, sums / counts.clamp(min=1.0)[..., None])
         o = num / (a_loc.sum(-1) + a_cache.sum(-1))[..., None]
-        y = self.out((rearrange(o, "b h d -> b (h d)") * gate).to(x_t.dtype))
 
         done = p == R - 1  # the block is complete: the previous block joins the cache
         if bool(done.any()):
@@ -285,7 +296,7 @@ class TransformerVQ(SequenceLayer):
             shifted_v = torch.cat([v_buf[:, R:], torch.zeros_like(v_buf[:, R:])], dim=1)
             z_buf = torch.where(done[:, None, None], shifted_z, z_buf)
             v_buf = torch.where(done[:, None, None, None], shifted_v, v_buf)
-        return y, TransformerVQState(counts, sums, z_buf, v_buf, state.pos + 1)
+        return o, TransformerVQState(counts, sums, z_buf, v_buf, state.pos + 1)
 
     def _init_state(self, batch_size, device, dtype):
         H, S, R, dv = self.n_heads, self.S, self.config.block_size, self.dv

@@ -3,12 +3,17 @@
 
 - parallel forward == the unrolled ``step`` loop (outputs and final state), float64
 - forward over chunks with the state carried == one forward (outputs and final state)
+- ``lengths`` together with a carried state: each padded row == its unpadded run from its
+  own initial state (outputs and final state)
+  (these three also on CUDA when a GPU is present: marker ``cuda``)
 - causality: changing x[:, t:] leaves y[:, :t] unchanged
 - finite gradients for every parameter and the input
 - state structure: batch-first NamedTuple of the layer's State type; ``step`` is pure
 - bad input raises LayerInputError / NotImplementedError with a useful message
 - ``lengths``: padded rows give the same outputs and state as the unpadded sequences
-A layer added to the registry is under these tests automatically.
+- an empty sequence (L = 0) returns an empty output and the state unchanged
+A layer added to the registry is under these tests automatically (tests/layers/cases.py);
+the mixed-precision contract is in test_mixed_precision.py.
 """
 
 from __future__ import annotations
@@ -16,91 +21,70 @@ from __future__ import annotations
 import pytest
 import torch
 
-import seqzoo
 from seqzoo.layer import LayerInputError
-from tests.helpers import rel_err
+from tests.helpers import DEVICES, rel_err
+from tests.layers.cases import CASES, B, D, L, make, row, same_state_err, state_err, step_loop
+from tests.layers.cases import inputs as _x
 
-D = 16
-B = 2
-L = 29
 TOL64 = 1e-9  # parallel vs recurrent, float64, relative to the output scale
 
 
-def _cases():
-    out = []
-    for name in seqzoo.list_layers():
-        cls = seqzoo.get_layer(name).cls
-        for i, variant in enumerate(cls.test_variants):
-            out.append(pytest.param(name, variant, id=f"{name}-{i}"))
-    return out
-
-
-CASES = _cases()
-
-
-def make(name, variant, dtype=torch.float64):
-    torch.manual_seed(0)
-    layer = seqzoo.build(name, d_model=D, **variant).to(dtype).eval()
-    return layer
-
-
-def _x(dtype=torch.float64, length=L, batch=B):
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(batch, length, D, generator=g, dtype=dtype)
-
-
-def _state_err(s1, s2) -> float:
-    assert type(s1) is type(s2), f"{type(s1).__name__} != {type(s2).__name__}"
-    errs = [0.0]
-    for f, a, b in zip(s1._fields, s1, s2):
-        if isinstance(a, torch.Tensor):
-            assert a.shape == b.shape, f"state.{f}: {tuple(a.shape)} != {tuple(b.shape)}"
-            if a.dtype == torch.bool or not (a.is_floating_point() or a.is_complex()):
-                assert torch.equal(a, b), f"state.{f} differs"
-            else:
-                errs.append(rel_err(a, b))
-    return max(errs)
-
-
-def _step_loop(layer, x, state=None):
-    ys = []
-    for t in range(x.shape[1]):
-        y_t, state = layer.step(x[:, t], state)
-        ys.append(y_t)
-    return torch.stack(ys, dim=1), state
-
-
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name, variant", CASES)
-def test_parallel_equals_step_loop(name, variant):
-    layer = make(name, variant)
+def test_parallel_equals_step_loop(name, variant, device):
+    layer = make(name, variant, device=device)
+    x = _x(device=device)
     if not layer.can_step():
         with pytest.raises(NotImplementedError, match=name):
-            layer.step(_x()[:, 0], None)
+            layer.step(x[:, 0], None)
         return
-    x = _x()
     y, state = layer(x)
-    y_rec, state_rec = _step_loop(layer, x, layer.init_state(B))
+    y_rec, state_rec = step_loop(layer, x, layer.init_state(B))
     assert y.shape == x.shape
     assert rel_err(y_rec, y) < TOL64
-    assert _state_err(state_rec, state) < TOL64
+    assert state_err(state_rec, state) < TOL64
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name, variant", CASES)
-def test_chunked_with_state_equals_full(name, variant):
-    layer = make(name, variant)
+def test_chunked_with_state_equals_full(name, variant, device):
+    layer = make(name, variant, device=device)
     if not (layer.supports_state and layer.can_step()):
         pytest.skip(f"{name} {variant} carries no state")
-    x = _x()
+    x = _x(device=device)
     y, state = layer(x)
     ys, s = [], None
     for lo, hi in [(0, 1), (1, 12), (12, 13), (13, L)]:  # includes length-1 chunks
         y_c, s = layer(x[:, lo:hi], s)
         ys.append(y_c)
     assert rel_err(torch.cat(ys, dim=1), y) < TOL64
-    assert _state_err(s, state) < TOL64
+    assert state_err(s, state) < TOL64
     # starting from an explicit initial state equals starting from None
     y0, _ = layer(x, layer.init_state(B, dtype=torch.float64))
     assert rel_err(y0, y) < TOL64
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name, variant", CASES)
+def test_lengths_with_carried_state(name, variant, device):
+    """``layer(x_padded, s0, lengths=...)``: every row's outputs and final state equal the
+    unpadded run of that row from its own row of s0. s0 is ragged (rows have seen different
+    numbers of tokens), and the rows' lengths include 1 and 0."""
+    layer = make(name, variant, device=device)
+    if not (layer.supports_lengths and layer.supports_state and layer.can_step()):
+        pytest.skip(f"{name} {variant}: needs lengths and a carried state")
+    _, s0 = layer(_x(batch=4, length=9, seed=5, device=device), lengths=torch.tensor([9, 4, 7, 2]))
+    lengths = torch.tensor([L, 11, 1, 0])
+    x = _x(batch=4, device=device)
+    garbage = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        garbage[b, n:] = 100 * torch.randn_like(garbage[b, n:])
+    y, s = layer(garbage, s0, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        y_b, s_b = layer(x[b : b + 1, :n], row(s0, b))
+        assert rel_err(y[b : b + 1, :n], y_b) < TOL64, f"row {b} (length {n}): outputs"
+        assert (y[b, n:] == 0).all(), "outputs at padded positions must be zero"
+        assert same_state_err(layer, row(s, b), s_b) < TOL64, f"row {b} (length {n}): final state"
 
 
 @pytest.mark.parametrize("name, variant", CASES)
@@ -210,7 +194,7 @@ def test_lengths_masking(name, variant):
         assert rel_err(y[b : b + 1, :n], y_b) < TOL64
         assert (y[b, n:] == 0).all(), "outputs at padded positions must be zero"
         if layer.can_step() and layer.supports_state:
-            s_row = type(s)(*(t[b : b + 1] if isinstance(t, torch.Tensor) else t for t in s))
+            s_row = row(s, b)
             # the state after the last real token: continuing from it must match an unpadded run
             x_more = _x(batch=1, length=5)
             y_cont, _ = layer(x_more, s_row)
@@ -226,5 +210,24 @@ def test_float32_agreement(name, variant):
         pytest.skip("no recurrent form")
     x = _x(torch.float32, length=64)
     y, _ = layer(x)
-    y_rec, _ = _step_loop(layer, x)
+    y_rec, _ = step_loop(layer, x)
     assert rel_err(y_rec, y) < 1e-4
+
+
+@pytest.mark.parametrize("name, variant", CASES)
+def test_empty_sequence(name, variant):
+    """L = 0 (as nn.LSTM users expect): an empty output, and the state passed through."""
+    layer = make(name, variant)
+    x = _x(length=0)
+    y, s = layer(x)
+    assert y.shape == (B, 0, D) and y.dtype == x.dtype
+    if not (layer.supports_state and layer.can_step()):
+        return
+    assert state_err(s, layer.init_state(B)) == 0.0
+    _, s0 = layer(_x(length=5))
+    y, s = layer(x, s0)
+    assert y.shape == (B, 0, D)
+    assert state_err(s, s0) == 0.0
+    if layer.supports_lengths:
+        y, s = layer(x, s0, lengths=torch.zeros(B, dtype=torch.long))
+        assert state_err(s, s0) == 0.0
