@@ -83,6 +83,13 @@ def test_bad_model_configs():
         seqzoo.build_model("s4d", vocab_size=3, n_classes=2, n_layer=2)
     with pytest.raises(ConfigError, match="layer 's4d': unknown option 'bogus'"):
         seqzoo.build_model("s4d", vocab_size=3, n_classes=2, layer_options={"bogus": 1})
+    for bad in ({"vocab_size": 0, "n_classes": 2}, {"vocab_size": -1, "n_classes": 2}, {"d_input": 0, "n_classes": 2},
+                {"vocab_size": 3, "n_classes": -2}):
+        name = next(k for k, v in bad.items() if v < 1)
+        with pytest.raises(ConfigError, match=f"{name} must be a positive int"):
+            seqzoo.build_model("s4d", **bad)
+    with pytest.raises(ConfigError, match="dropout"):
+        seqzoo.build_model("s4d", vocab_size=3, n_classes=2, dropout=1.5)
     model = seqzoo.build_model("s4d", d_model=8, vocab_size=3, n_classes=2)
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 3\)"):
         model(torch.tensor([[0, 1, 5]]))
@@ -90,3 +97,17 @@ def test_bad_model_configs():
         model(torch.rand(1, 4))
     with pytest.raises(NotImplementedError, match="classifier"):
         model.step(torch.tensor([1]))
+
+
+@pytest.mark.parametrize("pool", ["mean", "max", "last"])
+def test_empty_inputs(pool):
+    """L = 0: an LM returns (B, 0, V) logits; a classifier pools an empty row to zeros
+    (finite logits, the head's bias), never NaN or -inf."""
+    lm = seqzoo.build_model("s4d", d_model=8, vocab_size=5, head="lm")
+    logits, _ = lm(torch.zeros(2, 0, dtype=torch.long))
+    assert logits.shape == (2, 0, 5)
+    clf = seqzoo.build_model("s4d", d_model=8, vocab_size=5, n_classes=3, pool=pool)
+    logits, _ = clf(torch.zeros(2, 0, dtype=torch.long))
+    assert torch.allclose(logits, clf.head.bias.expand(2, 3))
+    logits, _ = clf(torch.ones(2, 4, dtype=torch.long), lengths=torch.tensor([4, 0]))
+    assert torch.allclose(logits[1], clf.head.bias) and not torch.allclose(logits[0], clf.head.bias)

@@ -50,6 +50,13 @@ class ModelConfig:
     def __post_init__(self):
         if (self.vocab_size is None) == (self.d_input is None):
             raise ValueError("give exactly one of vocab_size (token inputs) or d_input (real-valued inputs)")
+        for name in ("vocab_size", "d_input", "n_classes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                what = {"vocab_size": "the number of distinct token ids (ids lie in [0, vocab_size))",
+                        "d_input": "the number of features per position of real-valued inputs",
+                        "n_classes": "the number of classes of the classifier head"}[name]
+                raise ValueError(f"{name} must be a positive int ({what}), got {value}")
         if self.head == "classify" and not self.n_classes:
             raise ValueError("head='classify' needs n_classes")
         if self.head == "lm" and not self.vocab_size:
@@ -57,7 +64,9 @@ class ModelConfig:
         if self.pair and self.head != "classify":
             raise ValueError("pair=True is a classifier: use head='classify'")
         if self.n_layers < 1 or self.d_model < 1:
-            raise ValueError("n_layers and d_model must be positive")
+            raise ValueError(f"n_layers and d_model must be positive, got {self.n_layers} and {self.d_model}")
+        if self.mlp_ratio < 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"mlp_ratio must be >= 0 (0 disables the MLP) and dropout in [0, 1), got {self.mlp_ratio}, {self.dropout}")
 
 
 def _norm(kind: str, d: int) -> nn.Module:
@@ -165,16 +174,18 @@ class SequenceModel(nn.Module):
         return self.norm_f(x), (tuple(states) if return_state else None), lengths
 
     def _pool(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        B, L, _ = x.shape
+        B, L, D = x.shape
+        if L == 0:  # nothing to pool: zeros, as for an empty row below
+            return x.new_zeros(B, D)
         if lengths is None:
             lengths = torch.full((B,), L, device=x.device, dtype=torch.long)
         pad = torch.arange(L, device=x.device)[None, :] >= lengths[:, None]  # (B, L)
         if self.config.pool == "mean":
             return x.masked_fill(pad[..., None], 0).sum(1) / lengths.clamp(min=1)[:, None].to(x.dtype)
-        if self.config.pool == "max":
-            return x.masked_fill(pad[..., None], float("-inf")).amax(1)
+        if self.config.pool == "max":  # an empty row pools to 0, as with "mean"
+            return x.masked_fill(pad[..., None], float("-inf")).amax(1).masked_fill((lengths == 0)[:, None], 0.0)
         idx = (lengths - 1).clamp(min=0)
-        return x[torch.arange(B, device=x.device), idx]
+        return x[torch.arange(B, device=x.device), idx].masked_fill((lengths == 0)[:, None], 0.0)
 
     # ------------------------------------------------------------------ API
     def forward(self, inputs, state=None, *, lengths=None, return_state: bool = False):
