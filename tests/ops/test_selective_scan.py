@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib
 import itertools
 import math
-import sys
-import warnings
 
 import pytest
 import torch
@@ -250,30 +248,6 @@ def test_auto_uses_compiled_kernel_on_cpu(monkeypatch):
     t = _inputs(requires_grad=True)
     selective_scan(**t)
     assert called[-1] == ss_mod.CHECKPOINT_CHUNK
-
-
-def test_mamba_ssm_absent_or_broken_is_never_fatal(monkeypatch, tmp_path):
-    """mamba_ssm is only tried for CUDA tensors; absent or raising at import, it is 'not
-    available' and auto falls through (here to the reference: no CUDA kernel built)."""
-    broken = tmp_path / "mamba_ssm"
-    (broken / "ops").mkdir(parents=True)
-    (broken / "__init__.py").write_text("raise OSError('selective_scan_cuda.so: undefined symbol: _ZN3c10')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "mamba_ssm", raising=False)
-    monkeypatch.setattr(ss_mod, "_mamba_ssm_fn", None)
-    monkeypatch.setattr(ss_mod, "_mamba_ssm_error", None)
-    monkeypatch.delenv("SEQZOO_BACKEND", raising=False)
-    assert ss_mod._mamba_ssm_available() is False
-    assert "undefined symbol" in ss_mod._mamba_ssm_error
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        choice = _dispatch.select("selective_scan", "auto", "cuda")
-    assert choice in ("ref", "cuda")
-    with pytest.raises(RuntimeError, match="not importable"):
-        _dispatch.select("selective_scan", "mamba_ssm", "cuda")
-    t = _inputs(requires_grad=False)
-    with pytest.raises(ValueError, match="cuda tensors"):
-        selective_scan(**t, backend="mamba_ssm")
 
 
 def test_bad_inputs():

@@ -25,25 +25,31 @@ if _ext.available():
 __all__ = ["causal_conv1d", "causal_conv1d_update"]
 
 _ACTIVATIONS = (None, "silu", "swish")
-_pkg = None  # the causal_conv1d package's (fn, update), once imported
-_pkg_error: str | None = None
+def _load_package():
+    from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+
+    return causal_conv1d_fn, causal_conv1d_update
 
 
-def _package_available() -> bool:
-    """Import the ``causal-conv1d`` package lazily (only asked for CUDA tensors); any failure
-    (absent, or present but broken) means 'no'."""
-    global _pkg, _pkg_error
-    if _pkg is None and _pkg_error is None:
-        try:
-            from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
-        except Exception as e:  # noqa: BLE001  ImportError, OSError (missing CUDA symbols) ...
-            _pkg_error = f"{type(e).__name__}: {e}"
-        else:
-            _pkg = (causal_conv1d_fn, causal_conv1d_update)
-    return _pkg is not None
+def _probe_package(kernels, device: torch.device) -> None:
+    """A tiny forward and update on ``device``, checked against the reference."""
+    fn, update = kernels
+    g = torch.Generator().manual_seed(0)
+    x, w, b, s = (torch.randn(*shape, generator=g).to(device) for shape in ((1, 8, 16), (8, 4), (8,), (1, 8, 3)))
+    errs = [fn(x, w, b, activation="silu") - ref.causal_conv1d(x, w, b, activation="silu"),
+            update(x[..., 0], s.clone(), w, b, "silu") - ref.causal_conv1d_update(x[..., 0], s, w, b, "silu")[0]]
+    err = max(float(e.abs().max()) for e in errs)
+    if not err < 1e-3:
+        raise RuntimeError(f"its output differs from the reference by {err:.1e}")
 
 
-_dispatch.register_extra_backend("causal_conv1d", "causal_conv1d", ("cuda",), _package_available, preferred=True)
+_dispatch.register_extra_backend(
+    "causal_conv1d", "causal_conv1d", ("cuda",), _load_package, probe=_probe_package, preferred=True,
+    package="causal_conv1d",
+    install="pip install --no-build-isolation causal-conv1d (or seqzoo[cuda]) on a machine with a CUDA toolkit, torch installed first",
+)
+# the package's kernels take widths 2 to 4 only; auto uses seqzoo's own for other widths
+_PACKAGE_WIDTHS = (2, 3, 4)
 
 
 def _check(x: Tensor, weight: Tensor, bias, state, activation, *, state_name: str, step: bool) -> None:
@@ -62,6 +68,16 @@ def _check(x: Tensor, weight: Tensor, bias, state, activation, *, state_name: st
         raise ValueError(f"{fn}: bias must be (D,) = ({D},), got shape {tuple(bias.shape)}")
     if state is not None and tuple(state.shape) != (B, D, W - 1):
         raise ValueError(f"{fn}: {state_name} must be (B, D, W-1) = {(B, D, W - 1)}, got shape {tuple(state.shape)}")
+
+
+def _choose(backend: str, device: torch.device, width: int) -> str:
+    choice = _dispatch.select("causal_conv1d", backend, device)
+    if choice == "causal_conv1d" and width not in _PACKAGE_WIDTHS:
+        if backend == "causal_conv1d":
+            raise ValueError(f"causal_conv1d: the causal-conv1d package takes widths 2-4, got {width}; use backend='auto'")
+        own = _dispatch.compiled_name(device.type)
+        choice = _dispatch.select("causal_conv1d", own if _ext.has_kernel("causal_conv1d", device.type) else "ref", device)
+    return choice
 
 
 def _compute_dtype(*ts) -> torch.dtype:
@@ -96,11 +112,11 @@ def causal_conv1d(
         out (B, D, L) in x's dtype [, final_states (B, D, W-1) in x's dtype].
     """
     _check(x, weight, bias, initial_states, activation, state_name="initial_states", step=False)
-    choice = _dispatch.select("causal_conv1d", backend, x.device)
+    choice = _choose(backend, x.device, weight.shape[1])
     if choice == "ref":
         return ref.causal_conv1d(x, weight, bias, initial_states, return_final_states, activation)
     if choice == "causal_conv1d":
-        fn, _ = _pkg
+        fn, _ = _dispatch.extra_kernel("causal_conv1d", "causal_conv1d", x.device)
         if initial_states is not None or return_final_states:
             # the package carries states only for channel-last x (stride 1 over channels)
             x = x.transpose(1, 2).contiguous().transpose(1, 2)
@@ -128,11 +144,11 @@ def causal_conv1d_update(
     ``(out (B, D), new_conv_state (B, D, W-1))``. Pure: ``conv_state`` is not modified
     (the package's update writes in place, so it gets a copy)."""
     _check(x, weight, bias, conv_state, activation, state_name="conv_state", step=True)
-    choice = _dispatch.select("causal_conv1d", backend, x.device)
+    choice = _choose(backend, x.device, weight.shape[1])
     if choice == "ref":
         return ref.causal_conv1d_update(x, conv_state, weight, bias, activation)
     if choice == "causal_conv1d":
-        _, update = _pkg
+        _, update = _dispatch.extra_kernel("causal_conv1d", "causal_conv1d", x.device)
         new_state = conv_state.clone()
         return update(x, new_state, weight, bias, activation), new_state
     out, new_state = causal_conv1d(x[..., None], weight, bias, conv_state, True, activation, backend=choice)

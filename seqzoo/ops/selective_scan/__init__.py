@@ -34,25 +34,39 @@ log = logging.getLogger("seqzoo")
 # Steps between the states the forward keeps for the backward: memory B*D*N*L/64 values.
 CHECKPOINT_CHUNK = 64
 
-_mamba_ssm_fn = None  # mamba_ssm.ops.selective_scan_interface.selective_scan_fn, once imported
-_mamba_ssm_error: str | None = None
+MAMBA_SSM_INSTALL = (
+    "pip install --no-build-isolation mamba-ssm (or seqzoo[cuda]) on a machine with a CUDA toolkit, "
+    "torch installed first: the wheel must be built against the torch you run (a mismatched one "
+    "imports but has no kernel)"
+)
 
 
-def _mamba_ssm_available() -> bool:
-    """Import ``mamba_ssm``'s kernel lazily (only asked for CUDA tensors). Any failure (not
-    installed, or installed but broken: missing CUDA symbols, ABI mismatch) means 'no'."""
-    global _mamba_ssm_fn, _mamba_ssm_error
-    if _mamba_ssm_fn is None and _mamba_ssm_error is None:
-        try:
-            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        except Exception as e:  # noqa: BLE001  ImportError, OSError, RuntimeError ...
-            _mamba_ssm_error = f"{type(e).__name__}: {e}"
-        else:
-            _mamba_ssm_fn = selective_scan_fn
-    return _mamba_ssm_fn is not None
+def _load_mamba_ssm():
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    return selective_scan_fn
 
 
-_dispatch.register_extra_backend("selective_scan", "mamba_ssm", ("cuda",), _mamba_ssm_available, preferred=True)
+def _probe_mamba_ssm(fn, device: torch.device) -> None:
+    """A tiny call on ``device``, checked against the reference (catches a missing compiled
+    module behind an importable interface, and a kernel that runs but is wrong)."""
+    g = torch.Generator().manual_seed(0)
+    Bsz, Dm, N, L = 1, 4, 4, 16
+    args = [torch.randn(Bsz, Dm, L, generator=g), torch.rand(Bsz, Dm, L, generator=g),
+            -torch.rand(Dm, N, generator=g) - 0.5, torch.randn(Bsz, N, L, generator=g),
+            torch.randn(Bsz, N, L, generator=g), torch.randn(Dm, generator=g), torch.randn(Bsz, Dm, L, generator=g)]
+    u, delta, A, B, C, D, z = (t.to(device) for t in args)
+    got = fn(u, delta, A, B, C, D, z, None, True, False)
+    want = ref.selective_scan(u, delta, A, B, C, D, z, None, True)
+    err = float((got.float() - want).abs().max() / want.abs().max())
+    if not err < 1e-3:
+        raise RuntimeError(f"its output differs from the reference by {err:.1e} (relative)")
+
+
+_dispatch.register_extra_backend(
+    "selective_scan", "mamba_ssm", ("cuda",), _load_mamba_ssm, probe=_probe_mamba_ssm, preferred=True,
+    package="mamba_ssm", install=MAMBA_SSM_INSTALL,
+)
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
@@ -136,7 +150,7 @@ def selective_scan(
     if choice == "ref":
         return ref.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
     if choice == "mamba_ssm":
-        return _mamba_ssm_fn(
+        return _dispatch.extra_kernel("selective_scan", "mamba_ssm", u.device)(
             u, delta, A.float(), B, C, D if D is None else D.float(), z,
             delta_bias if delta_bias is None else delta_bias.float(), delta_softplus, return_final_state,
         )

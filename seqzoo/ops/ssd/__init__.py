@@ -26,29 +26,37 @@ from torch import Tensor
 
 from seqzoo.ops import _dispatch
 from seqzoo.ops._checks import check_real_tensors
+from seqzoo.ops.selective_scan import MAMBA_SSM_INSTALL
 from seqzoo.ops.ssd import ref
 
 __all__ = ["ssd", "ssd_chunked"]
 
-_mamba_chunk_scan = None
-_mamba_error: str | None = None
+def _load_mamba_ssm():
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    return mamba_chunk_scan_combined
 
 
-def _mamba_ssm_available() -> bool:
-    """Import ``mamba_ssm``'s Triton SSD lazily (only asked for CUDA tensors)."""
-    global _mamba_chunk_scan, _mamba_error
-    if _mamba_chunk_scan is None and _mamba_error is None:
-        try:
-            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-        except Exception as e:  # noqa: BLE001  absent or broken
-            _mamba_error = f"{type(e).__name__}: {e}"
-        else:
-            _mamba_chunk_scan = mamba_chunk_scan_combined
-    return _mamba_chunk_scan is not None
+def _probe_mamba_ssm(fn, device: torch.device) -> None:
+    """A tiny call on ``device`` (it also compiles the Triton kernels), checked against the
+    reference."""
+    g = torch.Generator().manual_seed(0)
+    Bsz, L, H, P, G, N = 1, 32, 2, 16, 1, 16
+    x, B, C = (torch.randn(*s, generator=g).to(device) for s in ((Bsz, L, H, P), (Bsz, L, G, N), (Bsz, L, G, N)))
+    dt = (torch.rand(Bsz, L, H, generator=g) * 0.5).to(device)
+    A = (-torch.rand(H, generator=g) - 0.5).to(device)
+    got = fn(x, dt, A, B, C, 16)
+    want = ref.ssd(x, dt, A, B, C)
+    err = float((got.float() - want).abs().max() / want.abs().max())
+    if not err < 1e-2:  # the Triton kernels use tf32 matmuls
+        raise RuntimeError(f"its output differs from the reference by {err:.1e} (relative)")
 
 
-_dispatch.register_extra_backend("ssd", "mamba_ssm", ("cuda",), _mamba_ssm_available, preferred=True)
-_dispatch.register_extra_backend("ssd", "chunked", ("cpu", "cuda"), lambda: True)
+_dispatch.register_extra_backend(
+    "ssd", "mamba_ssm", ("cuda",), _load_mamba_ssm, probe=_probe_mamba_ssm, preferred=True,
+    package="mamba_ssm", install=MAMBA_SSM_INSTALL,
+)
+_dispatch.register_extra_backend("ssd", "chunked", ("cpu", "cuda"), lambda: ssd_chunked)
 
 
 def segsum(a: Tensor) -> Tensor:
@@ -171,7 +179,7 @@ def ssd(
     if choice == "ref":
         return ref.ssd(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
     if choice == "mamba_ssm":
-        return _mamba_chunk_scan(
+        return _dispatch.extra_kernel("ssd", "mamba_ssm", x.device)(
             x, dt, A.float(), B, C, chunk_size, initial_states=initial_state, return_final_states=return_final_state
         )
     return ssd_chunked(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
