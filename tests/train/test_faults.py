@@ -252,15 +252,15 @@ def test_the_cli_exits_1_on_a_nonfinite_step_and_2_without_a_valid_checkpoint(tm
     args = ["train", "--task", "adding", "--layer", "s4d", "--preset", "quick", "--threads", "1",
             "--out", str(tmp_path / "run"), "--data", str(data_root), *OVERRIDES]
     _plant(monkeypatch, "grad:blocks.0.mixer.log_dt", at_call=12)
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # --threads sets this process's count: restored after
     try:
         r = CliRunner().invoke(app, args)
+        assert r.exit_code == 1, r.output
+        assert "error: step 12: non-finite loss" in r.output and "blocks.0.mixer.log_dt" in r.output
+        assert "Traceback" not in r.output
+
+        _truncate(ckpt.folder(tmp_path / "run", 10) / ckpt.MODEL)  # the only checkpoint
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2 and "error: no checkpoint in" in r.output and "--no-resume" in r.output, r.output
     finally:
         torch.set_num_threads(threads)
-    assert r.exit_code == 1, r.output
-    assert "error: step 12: non-finite loss" in r.output and "blocks.0.mixer.log_dt" in r.output
-    assert "Traceback" not in r.output
-
-    _truncate(ckpt.folder(tmp_path / "run", 10) / ckpt.MODEL)  # the only checkpoint
-    r = CliRunner().invoke(app, args)
-    assert r.exit_code == 2 and "error: no checkpoint in" in r.output and "--no-resume" in r.output, r.output
