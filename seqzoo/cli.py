@@ -3,7 +3,8 @@
     seqzoo list                            registered layers and tasks
     seqzoo train --task listops --layer s4d [--preset quick] [key=value ...]
                                            one training run (resumes from its checkpoints);
-                                           also under ``torchrun --nproc_per_node=K -m seqzoo.cli train ...``
+                                           also under ``torchrun --nproc_per_node=K -m seqzoo.cli train ...``;
+                                           exits 75 when preempted (SIGTERM/SIGUSR1), see ``train --help``
     seqzoo bench lra --preset quick        every layer x every task: results.jsonl, results.md, accuracy.png
     seqzoo bench modes                     every layer: parallel vs recurrent (difference, time, memory, latency)
     seqzoo bench speed                     time and memory against L for both modes; step latency vs position
@@ -81,9 +82,21 @@ def train(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     dry_run: Annotated[bool, typer.Option(help="validate, build the model, print the plan; no data, no training")] = False,
 ) -> None:
-    """Train one layer on one task; evaluate on val and test; save checkpoints and result.json."""
+    """Train one layer on one task; evaluate on val and test; save checkpoints and result.json.
+
+    \b
+    Exit status:
+      0   trained and evaluated (result.json written)
+      1   stopped at a step with a non-finite loss or gradient (the message
+          names step and parameter; on_nonfinite=skip skips such steps)
+      2   bad config, or --out has checkpoints and none of them verifies
+      75  preempted: on SIGTERM or SIGUSR1 the current step finished and a
+          checkpoint was written (EX_TEMPFAIL); the same command resumes
+    """
     from seqzoo.train import compose, resolve
     from seqzoo.train import train as run_train
+    from seqzoo.train.checkpoint import CheckpointError
+    from seqzoo.train.faults import EXIT_PREEMPTED, NonFiniteError, Preempted
 
     if threads:
         torch.set_num_threads(threads)
@@ -101,11 +114,19 @@ def train(
         typer.echo(f"{layer} x {task}: {n:,} parameters; train L={plan.info.seq_len}, test L={plan.eval_info['test'].seq_len}")
         return
     out = out or Path("runs/train") / f"{task}-{layer}"
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     try:
         result = run_train(cfg, out, resume=resume, data_root=data)
-    except ConfigError as e:
+    except (ConfigError, CheckpointError) as e:
         _fail(e)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0 reports
+    except Preempted as e:  # every rank says it: under torchrun each worker's exit is explained
+        typer.echo(f"{f'rank {rank}: ' if world > 1 else ''}{e}", err=True)
+        raise typer.Exit(EXIT_PREEMPTED) from None
+    except NonFiniteError as e:
+        if rank == 0:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    if rank == 0:  # under torchrun: rank 0 reports
         typer.echo(json.dumps({k: result[k] for k in ("layer", "task", "metric", "value", "chance", "beats_chance",
                                                        "train_time_s")}, default=str))
         typer.echo(f"run folder: {out}")

@@ -7,7 +7,8 @@ layer x every task under a preset (:func:`seqzoo.train.suite.run_suite`).
 
 The same code runs under ``torchrun --nproc_per_node=K -m seqzoo.cli train ...`` (DDP).
 Configs: :mod:`seqzoo.train.config`; the loop: :mod:`seqzoo.train.loop`; checkpoints:
-:mod:`seqzoo.train.checkpoint`; the suite, tables and plots: :mod:`seqzoo.train.suite`.
+:mod:`seqzoo.train.checkpoint`; preemption and non-finite steps: :mod:`seqzoo.train.faults`;
+the suite, tables and plots: :mod:`seqzoo.train.suite`.
 """
 
 from seqzoo.train.config import Plan, RunConfig, compose, configs_dir, list_presets, resolve

@@ -80,6 +80,9 @@ class RunConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0  # max global gradient norm (0: off)
+    # a step whose loss or gradients are NaN/inf: stop with an error naming the step and the
+    # first such parameter (the newest checkpoint stays the last good one), or skip its update
+    on_nonfinite: Literal["stop", "skip"] = "stop"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

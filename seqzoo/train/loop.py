@@ -17,10 +17,17 @@ What it does, in order:
    weight_decay) win; otherwise biases, norms, embeddings and other 1-D parameters get no
    weight decay. Linear warm-up then cosine decay. bf16 autocast on GPU, fp32 on CPU.
    Modules that set ``aux_loss`` (a tensor) during the forward add it to the loss.
-5. Checkpoints every ``ckpt_every`` steps and at the end (rank 0; atomic; see
-   :mod:`seqzoo.train.checkpoint`); a run started again with the same folder resumes from
-   the newest one and ends with the same parameters as a run never interrupted (CPU).
-6. Evaluation on val every ``eval_every`` steps and on val and test at the end: accuracy
+5. Checkpoints every ``ckpt_every`` steps and at the end (rank 0; atomic, with a manifest
+   of sizes and hashes; see :mod:`seqzoo.train.checkpoint`); a run started again with the
+   same folder resumes from the newest checkpoint that verifies (skipping, and naming,
+   damaged ones) and ends with the same parameters as a run never interrupted (CPU).
+6. Faults (:mod:`seqzoo.train.faults`): SIGTERM / SIGUSR1 finish the current step, write a
+   checkpoint and raise :class:`~seqzoo.train.faults.Preempted` (every rank at the same
+   step); a step with a non-finite loss or gradient raises
+   :class:`~seqzoo.train.faults.NonFiniteError` naming the step and the first such
+   parameter (``on_nonfinite: stop``) or has its update skipped (``skip``). Each of these
+   events, and each resume, is a line of ``log.jsonl`` with an ``"event"`` key.
+7. Evaluation on val every ``eval_every`` steps and on val and test at the end: accuracy
    (over items, or over scored positions for per-position targets) or MSE, with the
    chance level of the split and whether the model beat it (see :func:`chance_verdict`).
 """
@@ -43,7 +50,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from seqzoo.config import ConfigError
-from seqzoo.train import checkpoint
+from seqzoo.train import checkpoint, faults
 from seqzoo.train.config import Plan, RunConfig, resolve
 
 __all__ = ["train", "Dist", "ResumableSampler", "param_groups", "param_hash", "lr_lambda", "evaluate", "chance_verdict",
@@ -312,9 +319,19 @@ def evaluate(model: nn.Module, ds, plan: Plan, split: str, *, d: Dist | None = N
 
 
 # ---------------------------------------------------------------------------- the run
+# Options that may change between a run and its resume: a run stopped by a non-finite step
+# is meant to be resumed with on_nonfinite=skip.
+_MAY_CHANGE_ON_RESUME = ("on_nonfinite",)
+
+
 def same_config(saved: Any, cfg: RunConfig) -> bool:
-    """Whether a config read back from a run folder's JSON is ``cfg``."""
-    return json.dumps(saved, sort_keys=True, default=str) == json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    """Whether a config read back from a run folder's JSON is ``cfg`` (up to the options
+    that may change on a resume)."""
+    def canon(c: Any) -> str:
+        c = {k: v for k, v in c.items() if k not in _MAY_CHANGE_ON_RESUME} if isinstance(c, dict) else c
+        return json.dumps(c, sort_keys=True, default=str)
+
+    return canon(saved) == canon(cfg.to_dict())
 
 
 def _check_run_dir(out: Path, cfg: RunConfig, resume: bool) -> None:
@@ -322,19 +339,77 @@ def _check_run_dir(out: Path, cfg: RunConfig, resume: bool) -> None:
     if f.is_file() and resume:
         saved = json.loads(f.read_text())
         if not same_config(saved, cfg):
-            diff = sorted(k for k in set(saved) | set(cfg.to_dict()) if saved.get(k) != cfg.to_dict().get(k))
+            diff = sorted(k for k in set(saved) | set(cfg.to_dict())
+                          if saved.get(k) != cfg.to_dict().get(k) and k not in _MAY_CHANGE_ON_RESUME)
             raise RunExists(f"{out} holds a run with a different config (differs in: {', '.join(diff)}); "
                             "use another output folder, or pass --no-resume to start over there")
 
 
+def _resume_point(out: Path, d: Dist, say, log_line) -> Path | None:
+    """The checkpoint to resume from (rank 0 verifies, every rank takes its answer); the
+    damaged ones skipped on the way are said and logged."""
+    answer: list[Any] = [None, None]  # path, error message
+    if d.main:
+        try:
+            ck, skipped = checkpoint.resume_point(out)
+            for path, why in skipped:
+                say(f"skipping checkpoint {path}: {why}")
+                log_line({"event": "checkpoint_skipped", "checkpoint": str(path), "reason": why})
+            answer = [str(ck) if ck is not None else None, None]
+        except checkpoint.CheckpointError as e:
+            log_line({"event": "no_valid_checkpoint", "error": str(e)})
+            answer = [None, str(e)]
+    if d.on:
+        torch_dist.broadcast_object_list(answer, src=0)
+    if answer[1] is not None:
+        raise checkpoint.CheckpointError(answer[1])
+    return Path(answer[0]) if answer[0] is not None else None
+
+
+def _json_float(x: float) -> float | str:
+    return x if math.isfinite(x) else str(x)  # JSON has no NaN / Infinity
+
+
+def _nonfinite_step(cfg: RunConfig, step: int, loss: float, total: float | None, model: nn.Module,
+                    last_ckpt: tuple[int, Path | None] | None, skips: int, say, log_line) -> int:
+    """A step whose loss or gradients are not finite: raise :class:`NonFiniteError`
+    (``on_nonfinite: stop``) or log it and return 1, the skip to count (``skip``)."""
+    name = faults.first_nonfinite_grad(model.named_parameters())
+    what = f"loss {loss}" + (f" (with aux losses {total})" if total is not None else "")
+    what += f", first parameter with a non-finite gradient: {name}" if name else ", every gradient finite"
+    row = {"event": "nonfinite", "step": step, "loss": _json_float(loss), "param": name, "action": cfg.on_nonfinite}
+    if total is not None:
+        row["total_loss"] = _json_float(total)
+    if cfg.on_nonfinite == "skip":
+        log_line({**row, "skips": skips + 1})
+        say(f"step {step}: non-finite {what}; update skipped ({skips + 1} so far)")
+        return 1
+    log_line(row)
+    if last_ckpt is None or last_ckpt[1] is None:
+        kept = "No checkpoint was written before it."
+    else:
+        kept = f"The newest checkpoint, {last_ckpt[1]} (step {last_ckpt[0]}), holds the last good weights."
+    raise faults.NonFiniteError(
+        f"step {step}: non-finite {what}. The run stopped without updating. {kept} Lower lr, set grad_clip, or "
+        "run the same command with on_nonfinite=skip to skip such steps' updates (it resumes from that checkpoint).")
+
+
 def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool = True, data_root=None,
-          progress: bool = True, log=print, datasets: dict[str, Any] | None = None) -> dict[str, Any]:
+          progress: bool = True, log=print, datasets: dict[str, Any] | None = None,
+          handle_signals: bool = True) -> dict[str, Any]:
     """Train ``cfg`` and evaluate it; return the result dict (also written to
     ``out/result.json`` and, line by line, the log to ``out/log.jsonl``).
 
     ``out`` holds ``config.json``, checkpoints and results; with ``resume`` (default) a run
-    whose folder already has checkpoints continues from the newest one. ``datasets``
-    (split -> dataset) skips building them (the benchmark suite shares them).
+    whose folder already has checkpoints continues from the newest one that verifies.
+    ``datasets`` (split -> dataset) skips building them (the benchmark suite shares them).
+    ``handle_signals``: while the loop runs, SIGTERM and SIGUSR1 stop it after the current
+    step with a checkpoint (main thread only).
+
+    Raises :class:`~seqzoo.train.faults.Preempted` after such a stop,
+    :class:`~seqzoo.train.faults.NonFiniteError` at a non-finite step under
+    ``on_nonfinite: stop``, and :class:`~seqzoo.train.checkpoint.CheckpointError` when the
+    folder has checkpoints but none verifies.
     """
     plan = cfg if isinstance(cfg, Plan) else resolve(cfg)
     cfg = plan.config
@@ -388,11 +463,19 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     step, epoch, offset = 0, 0, 0
+    skips = 0  # steps whose update was skipped (on_nonfinite: skip)
     history: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     resumed_from = None
     window: list[float] = []  # losses since the last log line
-    ck = checkpoint.latest(out) if (out is not None and resume) else None
+
+    def log_line(row: dict[str, Any]) -> None:
+        if d.main and out is not None:
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    ck = _resume_point(out, d, say, log_line) if (out is not None and resume) else None
+    last_ckpt: tuple[int, Path | None] | None = None  # (step, folder) of the newest checkpoint of this run
     if ck is not None:
         state = checkpoint.load(ck, model, map_location=device)
         opt.load_state_dict(state["optimizer"])
@@ -400,15 +483,19 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
         step, epoch, offset = state["step"], state["epoch"], state["offset"]
         history, evals = state["history"], state["evals"]
         window[:] = state.get("window", [])
+        skips = state.get("nonfinite_skips", 0)
         rngs = state["rng"]
         if len(rngs) != d.world:
             say(f"warning: {ck} was written by {len(rngs)} process(es), this run has {d.world}; "
                 "the data order and random streams after the resume differ from an uninterrupted run")
         checkpoint.set_rng_state(rngs[d.rank % len(rngs)])
         resumed_from = str(ck)
+        last_ckpt = (step, ck)
         say(f"resumed from {ck} (step {step})")
+        log_line({"event": "resumed", "step": step, "checkpoint": str(ck)})
 
     def save_ckpt() -> None:
+        nonlocal last_ckpt
         rngs = [checkpoint.rng_state()]
         if d.on:
             rngs = [None] * d.world
@@ -416,15 +503,11 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
         if d.main and out is not None:
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
                      "offset": offset, "history": history, "evals": evals, "window": list(window), "rng": rngs,
-                     "world": d.world,
+                     "world": d.world, "nonfinite_skips": skips,
                      "config": cfg.to_dict()}
             checkpoint.save(out, step, model, state, keep=cfg.keep_checkpoints)
+        last_ckpt = (step, checkpoint.folder(out, step) if out is not None else None)
         d.barrier()
-
-    def log_line(row: dict[str, Any]) -> None:
-        if d.main and out is not None:
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
 
     sampler = ResumableSampler(train_ds, num_replicas=d.world, rank=d.rank, seed=cfg.seed)
     info = plan.info
@@ -436,61 +519,90 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.layer} x {cfg.task}", unit="step", leave=False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     t0 = time.perf_counter()
     net.train()
-    while step < cfg.steps:
-        sampler.set_epoch(epoch)
-        sampler.start = offset * per_rank
-        if hasattr(train_ds, "set_epoch"):
-            train_ds.set_epoch(epoch)  # synthetic tasks: fresh samples every epoch
-        loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, collate_fn=train_ds.collate,
-                            drop_last=True, num_workers=cfg.num_workers, generator=torch.Generator(),
-                            pin_memory=device.type == "cuda")
-        for inputs, lengths, labels in loader:
-            inputs, lengths, labels = _to(inputs, device), _to(lengths, device), _to(labels, device)
-            with autocast():
-                logits, _ = net(inputs, lengths=lengths)
-                loss = task_loss(logits, labels, info.target, info.ignore_index)
-                aux = _aux_loss(model)
-                total = loss if aux is None else loss + aux
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            offset += 1
-            window.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                mean = torch.tensor(sum(window) / len(window), dtype=torch.float64)
+    with contextlib.ExitStack() as stack:
+        signals = stack.enter_context(faults.StopSignals(enabled=handle_signals))
+        if bar is not None:
+            stack.callback(bar.close)
+        while step < cfg.steps:
+            sampler.set_epoch(epoch)
+            sampler.start = offset * per_rank
+            if hasattr(train_ds, "set_epoch"):
+                train_ds.set_epoch(epoch)  # synthetic tasks: fresh samples every epoch
+            loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, collate_fn=train_ds.collate,
+                                drop_last=True, num_workers=cfg.num_workers, generator=torch.Generator(),
+                                pin_memory=device.type == "cuda")
+            for inputs, lengths, labels in loader:
+                inputs, lengths, labels = _to(inputs, device), _to(lengths, device), _to(labels, device)
+                with autocast():
+                    logits, _ = net(inputs, lengths=lengths)
+                    loss = task_loss(logits, labels, info.target, info.ignore_index)
+                    aux = _aux_loss(model)
+                    total = loss if aux is None else loss + aux
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                grads = [p.grad for p in trainable if p.grad is not None]
+                norm = faults.grad_norm(grads)
+                # Two flags, agreed on by every rank (max over ranks) in one small all-reduce:
+                # a non-finite loss or gradient norm, and the number of a stop signal received.
+                # They are read with the loss in the one host sync this step makes.
+                flags = torch.stack([(~torch.isfinite(total.detach()) | ~torch.isfinite(norm)).float(),
+                                     norm.new_full((), float(signals.received))])
                 if d.on:
-                    torch_dist.all_reduce(mean)
-                    mean /= d.world
-                row = {"step": step, "loss": float(mean), "lr": sched.get_last_lr()[0],
-                       "time_s": round(time.perf_counter() - t0, 3)}
-                history.append(row)
-                log_line(row)
+                    torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+                loss_value, total_value, bad, signum = torch.cat(
+                    [loss.detach().float().reshape(1), total.detach().float().reshape(1), flags]).tolist()
+                if bad:
+                    skips += _nonfinite_step(cfg, step + 1, loss_value, total_value if aux is not None else None,
+                                             model, last_ckpt, skips, say, log_line)
+                    opt.zero_grad(set_to_none=True)  # on_nonfinite = skip: no update this step
+                else:
+                    if cfg.grad_clip > 0:
+                        faults.clip_grads_(grads, cfg.grad_clip, norm)
+                    opt.step()
+                    window.append(loss_value)
+                sched.step()
+                step += 1
+                offset += 1
                 if bar is not None:
-                    bar.set_postfix(loss=f"{row['loss']:.4f}")
-                window.clear()
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                ev = {"step": step, **evaluate(net, datasets["val"], plan, "val", d=d, device=device,
-                                                autocast=autocast)}
-                evals.append(ev)
-                log_line(ev)
-                say(f"step {step}: val {ev['metric']} {ev['value']:.4f} (chance {ev['chance']:.4f})")
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
-                save_ckpt()
-            if step >= cfg.steps:
-                break
-        else:
-            epoch += 1
-            offset = 0
-    if bar is not None:
-        bar.close()
+                    bar.update(1)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    # the mean over the steps that updated (none: every one was skipped)
+                    mean = torch.tensor(sum(window) / len(window) if window else math.nan, dtype=torch.float64)
+                    if d.on:
+                        torch_dist.all_reduce(mean)
+                        mean /= d.world
+                    row = {"step": step, "loss": float(mean) if window else None, "lr": sched.get_last_lr()[0],
+                           "time_s": round(time.perf_counter() - t0, 3)}
+                    if skips:
+                        row["nonfinite_skips"] = skips
+                    history.append(row)
+                    log_line(row)
+                    if bar is not None and window:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    window.clear()
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                    ev = {"step": step, **evaluate(net, datasets["val"], plan, "val", d=d, device=device,
+                                                    autocast=autocast)}
+                    evals.append(ev)
+                    log_line(ev)
+                    say(f"step {step}: val {ev['metric']} {ev['value']:.4f} (chance {ev['chance']:.4f})")
+                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+                    save_ckpt()
+                if signum:  # a scheduler's notice (on any rank): checkpoint and stop, all at this step
+                    if last_ckpt is None or last_ckpt[0] != step:
+                        save_ckpt()
+                    name = faults.signal_name(int(signum))
+                    log_line({"event": "preempted", "signal": name, "step": step, "checkpoint": str(last_ckpt[1])})
+                    d.barrier()  # no rank exits (and has torchrun stop the others) before all is written
+                    raise faults.Preempted(name, step, last_ckpt[1])
+                if step >= cfg.steps:
+                    break
+            else:
+                epoch += 1
+                offset = 0
     train_time = time.perf_counter() - t0
     save_ckpt()
 
@@ -508,7 +620,7 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
         "val": final["val"], "test": final["test"],
         "value": final["test"]["value"], "chance": final["test"]["chance"],
         "beats_chance": final["test"]["beats_chance"],
-        "params": n_params, "steps": step, "first_loss": history[0]["loss"] if history else None,
+        "params": n_params, "steps": step, "nonfinite_skips": skips, "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,
         "train_time_s": round(train_time, 3), "eval_time_s": round(eval_time, 3), "data_time_s": round(t_data, 3),
         "world_size": d.world, "param_hashes": hashes, "device": str(device), "threads": torch.get_num_threads(),
