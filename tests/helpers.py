@@ -23,3 +23,18 @@ DEVICES = [
     pytest.param("cpu", id="cpu"),
     pytest.param("cuda", id="cuda", marks=(pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device"))),
 ]
+
+
+def compiled_backend(op: str, device: str) -> str:
+    """The backend name of seqzoo's compiled kernel of ``op`` on ``device`` ("cpp" on cpu,
+    "cuda" on cuda), for tests that compare it against the reference. Skips the test when
+    the extension has no such kernel: not built, or built without CUDA (or without a CUDA
+    kernel for this op)."""
+    from seqzoo import _ext
+    from seqzoo.ops._dispatch import compiled_name
+
+    if not _ext.has_kernel(op, device):
+        if not _ext.available():
+            pytest.skip("seqzoo._C not built")
+        pytest.skip(f"seqzoo._C has no {device} kernel for {op}")
+    return compiled_name(device)

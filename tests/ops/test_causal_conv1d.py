@@ -1,4 +1,8 @@
-"""The compiled causal depthwise conv1d against its reference (seqzoo/ops/causal_conv1d/ref.py)."""
+"""The compiled causal depthwise conv1d against its reference (seqzoo/ops/causal_conv1d/ref.py).
+
+The comparisons run on every device in ``tests.helpers.DEVICES``: on CUDA (marker ``cuda``)
+they test the extension's CUDA kernel, and skip without a GPU or without that kernel
+(there is no CUDA kernel yet: on a GPU, ``auto`` runs the reference or the causal-conv1d package)."""
 
 from __future__ import annotations
 
@@ -8,37 +12,38 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqzoo import _ext
 from seqzoo.ops import causal_conv1d, causal_conv1d_update
 from seqzoo.ops.causal_conv1d import ref
-from tests.helpers import rel_err
+from tests.helpers import DEVICES, compiled_backend, rel_err
 
 cc_mod = importlib.import_module("seqzoo.ops.causal_conv1d")  # the module, not the function
-needs_ext = pytest.mark.skipif(not _ext.has_kernel("causal_conv1d", "cpu"), reason="seqzoo._C not built")
 
 
-def _inputs(B=2, D=5, L=23, W=4, *, bias=True, state=True, dtype=torch.float64, seed=0, requires_grad=True):
+def _inputs(B=2, D=5, L=23, W=4, *, bias=True, state=True, dtype=torch.float64, seed=0, requires_grad=True,
+            device="cpu"):
+    """Generated on the CPU (the same values on every device), then moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype).requires_grad_(requires_grad)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_(requires_grad)  # noqa: E731
     return r(B, D, L), r(D, W), r(D) if bias else None, r(B, D, W - 1) if state else None
 
 
 def _run(fn, x, w, b, s, act, seed=3):
     out, final = fn(x, w, b, s, True, act)
     g = torch.Generator().manual_seed(seed)
-    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
-    loss = loss + (final * torch.randn(final.shape, generator=g, dtype=final.dtype)).sum()
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype).to(out.device)).sum()
+    loss = loss + (final * torch.randn(final.shape, generator=g, dtype=final.dtype).to(out.device)).sum()
     inputs = [t for t in (x, w, b, s) if t is not None]
     return out, final, torch.autograd.grad(loss, inputs)
 
 
-@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("W", [1, 2, 4, 5])
 @pytest.mark.parametrize("act", [None, "silu"])
 @pytest.mark.parametrize("bias, state", [(True, True), (False, False), (True, False)])
-def test_matches_reference(W, act, bias, state):
-    x, w, b, s = _inputs(W=W, bias=bias, state=state)
-    out, final, g = _run(lambda *a: causal_conv1d(*a, backend="cpp"), x, w, b, s, act)
+def test_matches_reference(W, act, bias, state, device):
+    backend = compiled_backend("causal_conv1d", device)
+    x, w, b, s = _inputs(W=W, bias=bias, state=state, device=device)
+    out, final, g = _run(lambda *a: causal_conv1d(*a, backend=backend), x, w, b, s, act)
     out_r, final_r, g_r = _run(ref.causal_conv1d, x, w, b, s, act)
     assert rel_err(out, out_r) < 1e-13 and final.shape == (2, 5, W - 1)
     assert rel_err(final, final_r) < 1e-15
@@ -46,12 +51,13 @@ def test_matches_reference(W, act, bias, state):
         assert got.shape == want.shape and rel_err(got, want) < 1e-13
 
 
-@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("L", [1, 2])
-def test_sequence_shorter_than_the_state(L):
+def test_sequence_shorter_than_the_state(L, device):
     """L < W - 1: the final state still holds part of the initial state."""
-    x, w, b, s = _inputs(L=L, W=4)
-    out, final, g = _run(lambda *a: causal_conv1d(*a, backend="cpp"), x, w, b, s, "silu")
+    backend = compiled_backend("causal_conv1d", device)
+    x, w, b, s = _inputs(L=L, W=4, device=device)
+    out, final, g = _run(lambda *a: causal_conv1d(*a, backend=backend), x, w, b, s, "silu")
     out_r, final_r, g_r = _run(ref.causal_conv1d, x, w, b, s, "silu")
     assert rel_err(out, out_r) < 1e-13 and torch.equal(final, final_r)
     assert torch.equal(final[..., : 3 - L], s[..., L:])
@@ -69,16 +75,18 @@ def test_reference_equals_torch_conv1d():
     assert rel_err(ref.causal_conv1d(x, w, b), want0) < 1e-14
 
 
-@needs_ext
-@pytest.mark.parametrize("backend", ["cpp", "ref"])
-def test_update_steps_equal_the_full_convolution(backend):
-    x, w, b, s = _inputs(requires_grad=False)
-    full, final = causal_conv1d(x, w, b, s, True, "silu", backend="cpp")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("update_backend", ["compiled", "ref"])
+def test_update_steps_equal_the_full_convolution(update_backend, device):
+    backend = compiled_backend("causal_conv1d", device)
+    step_backend = backend if update_backend == "compiled" else "ref"
+    x, w, b, s = _inputs(requires_grad=False, device=device)
+    full, final = causal_conv1d(x, w, b, s, True, "silu", backend=backend)
     state = s
     outs = []
     for t in range(x.shape[-1]):
         before = state.clone()
-        y, new_state = causal_conv1d_update(x[..., t], state, w, b, "silu", backend=backend)
+        y, new_state = causal_conv1d_update(x[..., t], state, w, b, "silu", backend=step_backend)
         assert torch.equal(state, before), "update wrote into the state it was given"
         outs.append(y)
         state = new_state
@@ -86,21 +94,23 @@ def test_update_steps_equal_the_full_convolution(backend):
     assert torch.equal(state, final)
 
 
-@needs_ext
-def test_float32_and_noncontiguous():
-    x, w, b, s = _inputs(D=16, L=200, requires_grad=False)
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_and_noncontiguous(device):
+    backend = compiled_backend("causal_conv1d", device)
+    x, w, b, s = _inputs(D=16, L=200, requires_grad=False, device=device)
     xt = x.transpose(1, 2).contiguous().transpose(1, 2)  # channel-last memory, as from a (B, L, D) projection
     assert not xt.is_contiguous()
-    out = causal_conv1d(xt.float(), w.float(), b.float(), s.float(), activation="silu", backend="cpp")
+    out = causal_conv1d(xt.float(), w.float(), b.float(), s.float(), activation="silu", backend=backend)
     assert out.dtype == torch.float32
     assert rel_err(out.double(), ref.causal_conv1d(x, w, b, s, activation="silu")) < 1e-6
 
 
-@needs_ext
-def test_gradcheck_and_opcheck():
-    x, w, b, s = _inputs(B=1, D=3, L=6, W=3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_and_opcheck(device):
+    backend = compiled_backend("causal_conv1d", device)
+    x, w, b, s = _inputs(B=1, D=3, L=6, W=3, device=device)
     assert torch.autograd.gradcheck(
-        lambda *a: causal_conv1d(*a, return_final_states=True, activation="silu", backend="cpp"), (x, w, b, s)
+        lambda *a: causal_conv1d(*a, return_final_states=True, activation="silu", backend=backend), (x, w, b, s)
     )
     for args in [(x, w, b, s, True), (x.float(), w.float(), None, None, False)]:
         args = tuple(a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)

@@ -1,4 +1,8 @@
-"""The compiled diagonal scan against its reference (seqzoo/ops/diag_scan/ref.py)."""
+"""The compiled diagonal scan against its reference (seqzoo/ops/diag_scan/ref.py).
+
+The comparisons run on every device in ``tests.helpers.DEVICES``: on CUDA (marker ``cuda``)
+they test the extension's CUDA kernel, and skip without a GPU or without that kernel;
+fuzz, thread and dispatch tests stay on the CPU."""
 
 from __future__ import annotations
 
@@ -12,14 +16,15 @@ from hypothesis import strategies as st
 from seqzoo import _ext
 from seqzoo.ops import _dispatch, diag_scan
 from seqzoo.ops.diag_scan import ref
-from tests.helpers import rel_err
+from tests.helpers import DEVICES, compiled_backend, rel_err
 
 needs_ext = pytest.mark.skipif(not _ext.has_kernel("diag_scan", "cpu"), reason="seqzoo._C not built")
 
 DTYPES = [torch.float64, torch.complex128]
 
 
-def _inputs(B, L, D, dtype, a_shape=None, h0=True, requires_grad=True):
+def _inputs(B, L, D, dtype, a_shape=None, h0=True, requires_grad=True, device="cpu"):
+    """Generated on the CPU (the same values on every device), then moved to ``device``."""
     g = torch.Generator().manual_seed(B * 1000 + L * 10 + D)
     real = torch.float64
     a_shape = a_shape or (B, L, D)
@@ -31,32 +36,33 @@ def _inputs(B, L, D, dtype, a_shape=None, h0=True, requires_grad=True):
         a = torch.polar(a, torch.rand(a_shape, generator=g, dtype=real) * 6.28)
         b = torch.complex(b, torch.randn(B, L, D, generator=g, dtype=real))
         x0 = torch.complex(x0, torch.randn(B, D, generator=g, dtype=real)) if h0 else None
-    ts = [a, b] + ([x0] if h0 else [])
-    for t in ts:
-        t.requires_grad_(requires_grad)
+    # moved before requires_grad_, so that they stay leaves
+    a, b = a.to(device).requires_grad_(requires_grad), b.to(device).requires_grad_(requires_grad)
+    x0 = x0.to(device).requires_grad_(requires_grad) if h0 else None
     return a, b, x0
 
 
 def _grads(fn, a, b, x0, seed=3):
     h, final = fn(a, b, x0)
     g = torch.Generator().manual_seed(seed)
-    gh = torch.randn(h.shape, generator=g, dtype=h.dtype)
-    gf = torch.randn(final.shape, generator=g, dtype=final.dtype)
+    gh = torch.randn(h.shape, generator=g, dtype=h.dtype).to(h.device)
+    gf = torch.randn(final.shape, generator=g, dtype=final.dtype).to(h.device)
     # a loss touching all states and (again) the final state
     loss = (h * gh.conj()).real.sum() + (final * gf.conj()).real.sum()
     inputs = [t for t in (a, b, x0) if t is not None]
     return h, final, torch.autograd.grad(loss, inputs)
 
 
-@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "a_shape", [None, (1, 37, 19), (3, 1, 19), (1, 1, 19)], ids=["full", "batch-bcast", "time-bcast", "const"]
 )
 @pytest.mark.parametrize("h0", [True, False])
-def test_matches_reference(dtype, a_shape, h0):
-    a, b, x0 = _inputs(3, 37, 19, dtype, a_shape, h0)
-    h, f, g = _grads(lambda *t: diag_scan(*t, backend="cpp"), a, b, x0)
+def test_matches_reference(dtype, a_shape, h0, device):
+    backend = compiled_backend("diag_scan", device)
+    a, b, x0 = _inputs(3, 37, 19, dtype, a_shape, h0, device=device)
+    h, f, g = _grads(lambda *t: diag_scan(*t, backend=backend), a, b, x0)
     h_ref, f_ref, g_ref = _grads(ref.diag_scan, a, b, x0)
     assert rel_err(h, h_ref) < 1e-12
     assert rel_err(f, f_ref) < 1e-12
@@ -65,21 +71,22 @@ def test_matches_reference(dtype, a_shape, h0):
         assert rel_err(got, want) < 1e-12
 
 
-@needs_ext
-def test_trailing_dims_and_noncontiguous():
-    a, b, x0 = _inputs(2, 23, 24, torch.float64, requires_grad=False)
+@pytest.mark.parametrize("device", DEVICES)
+def test_trailing_dims_and_noncontiguous(device):
+    backend = compiled_backend("diag_scan", device)
+    a, b, x0 = _inputs(2, 23, 24, torch.float64, requires_grad=False, device=device)
     a4, b4, x04 = a.view(2, 23, 4, 6), b.view(2, 23, 4, 6), x0.view(2, 4, 6)
-    h, f = diag_scan(a4, b4, x04, backend="cpp")
+    h, f = diag_scan(a4, b4, x04, backend=backend)
     h_ref, f_ref = ref.diag_scan(a4, b4, x04)
     assert h.shape == (2, 23, 4, 6) and rel_err(h, h_ref) < 1e-12 and rel_err(f, f_ref) < 1e-12
     bt = b.transpose(0, 1).contiguous().transpose(0, 1)  # same values, non-contiguous
     assert not bt.is_contiguous()
-    assert rel_err(diag_scan(a, bt, backend="cpp")[0], ref.diag_scan(a, b)[0]) < 1e-12
+    assert rel_err(diag_scan(a, bt, backend=backend)[0], ref.diag_scan(a, b)[0]) < 1e-12
     # a per-step scalar broadcast over channels, and a 1-D decay
-    a_scalar = torch.rand(2, 23, 1, dtype=torch.float64)
-    assert rel_err(diag_scan(a_scalar, b, backend="cpp")[0], ref.diag_scan(a_scalar, b)[0]) < 1e-12
-    a_1d = torch.rand(24, dtype=torch.float64)
-    assert rel_err(diag_scan(a_1d, b, backend="cpp")[0], ref.diag_scan(a_1d, b)[0]) < 1e-12
+    a_scalar = torch.rand(2, 23, 1, dtype=torch.float64).to(device)
+    assert rel_err(diag_scan(a_scalar, b, backend=backend)[0], ref.diag_scan(a_scalar, b)[0]) < 1e-12
+    a_1d = torch.rand(24, dtype=torch.float64).to(device)
+    assert rel_err(diag_scan(a_1d, b, backend=backend)[0], ref.diag_scan(a_1d, b)[0]) < 1e-12
 
 
 @needs_ext
@@ -99,48 +106,54 @@ def test_multithreaded_partitioning(threads):
         torch.set_num_threads(old)
 
 
-@needs_ext
-def test_real_decay_complex_input_promotes():
-    a = torch.rand(2, 9, 5, dtype=torch.float64)
-    b = torch.randn(2, 9, 5, dtype=torch.complex128)
-    h, _ = diag_scan(a, b, backend="cpp")
+@pytest.mark.parametrize("device", DEVICES)
+def test_real_decay_complex_input_promotes(device):
+    backend = compiled_backend("diag_scan", device)
+    a = torch.rand(2, 9, 5, dtype=torch.float64).to(device)
+    b = torch.randn(2, 9, 5, dtype=torch.complex128).to(device)
+    h, _ = diag_scan(a, b, backend=backend)
     assert h.dtype == torch.complex128
     assert rel_err(h, ref.diag_scan(a.to(torch.complex128), b)[0]) < 1e-12
 
 
-@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_low_precision_accumulates_in_fp32(dtype):
-    a, b, x0 = _inputs(2, 300, 40, torch.float64, requires_grad=False)
-    h, _ = diag_scan(a.to(dtype), b.to(dtype), x0.to(dtype), backend="cpp")
+def test_low_precision_accumulates_in_fp32(dtype, device):
+    backend = compiled_backend("diag_scan", device)
+    a, b, x0 = _inputs(2, 300, 40, torch.float64, requires_grad=False, device=device)
+    h, _ = diag_scan(a.to(dtype), b.to(dtype), x0.to(dtype), backend=backend)
     h_ref, _ = ref.diag_scan(a.to(dtype).double(), b.to(dtype).double(), x0.to(dtype).double())
     assert h.dtype == dtype
     tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     assert rel_err(h.double(), h_ref) < tol
 
 
-@needs_ext
-def test_length_one_and_empty():
-    a, b, x0 = _inputs(2, 1, 3, torch.float64, requires_grad=False)
-    h, f = diag_scan(a, b, x0, backend="cpp")
+@pytest.mark.parametrize("device", DEVICES)
+def test_length_one_and_empty(device):
+    backend = compiled_backend("diag_scan", device)
+    a, b, x0 = _inputs(2, 1, 3, torch.float64, requires_grad=False, device=device)
+    h, f = diag_scan(a, b, x0, backend=backend)
     assert rel_err(h[:, 0], a[:, 0] * x0 + b[:, 0]) < 1e-15 and torch.equal(f, h[:, 0])
-    h, f = diag_scan(a[:, :0], b[:, :0], x0, backend="cpp")
+    h, f = diag_scan(a[:, :0], b[:, :0], x0, backend=backend)
     assert h.shape == (2, 0, 3) and torch.equal(f, x0)
 
 
-@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gradcheck(dtype):
-    a, b, x0 = _inputs(2, 6, 3, dtype)
-    assert torch.autograd.gradcheck(lambda *t: diag_scan(*t, backend="cpp"), (a, b, x0))
-    a1 = torch.rand(1, 1, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a_, b_: diag_scan(a_, b_, backend="cpp")[0], (a1, b.real.detach().requires_grad_()))
+def test_gradcheck(dtype, device):
+    backend = compiled_backend("diag_scan", device)
+    a, b, x0 = _inputs(2, 6, 3, dtype, device=device)
+    assert torch.autograd.gradcheck(lambda *t: diag_scan(*t, backend=backend), (a, b, x0))
+    a1 = torch.rand(1, 1, 3, dtype=torch.float64).to(device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a_, b_: diag_scan(a_, b_, backend=backend)[0], (a1, b.real.detach().requires_grad_()))
 
 
-@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
-def test_opcheck(dtype):
-    a, b, x0 = _inputs(2, 8, 5, torch.float64, requires_grad=False)
+def test_opcheck(dtype, device):
+    """The fake kernels, schema and autograd registration agree with the device's kernel."""
+    compiled_backend("diag_scan", device)
+    a, b, x0 = _inputs(2, 8, 5, torch.float64, requires_grad=False, device=device)
     a, b, x0 = a.to(dtype), b.to(dtype), x0.to(dtype)
     for args in [(a, b, x0), (a, b, None), (a[:1, :1], b, x0)]:
         args = tuple(t.clone().requires_grad_() if t is not None else None for t in args)

@@ -2,7 +2,9 @@
 (seqzoo/ops/linear_attn/ref.py): forward, backward and final state in float64, for chunk
 sizes that do and do not divide L, with and without decay (scalar, per head, per step),
 normalisation and an initial state. The op is pure PyTorch (not a torch.library custom
-op), so there is no opcheck to run; gradcheck covers its autograd."""
+op), so there is no opcheck to run; gradcheck covers its autograd. The comparisons run on
+every device in ``tests.helpers.DEVICES`` (on CUDA with the ``cuda`` marker, skipped
+without a GPU); gradcheck and the fuzz test stay on the CPU."""
 
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqzoo.ops.linear_attn import chunk, linear_attn, recurrent, ref
-from tests.helpers import rel_err
+from tests.helpers import DEVICES, rel_err
 
 B, H, L, K, V = 2, 3, 29, 5, 4
 
 
-def _inputs(decay_kind, normalize, h0, seed=0, L=L):
+def _inputs(decay_kind, normalize, h0, seed=0, L=L, device="cpu"):
+    """Generated on the CPU (the same values on every device), then moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     q = torch.rand(B, H, L, K, generator=g, dtype=torch.float64)  # non-negative features
     k = torch.rand(B, H, L, K, generator=g, dtype=torch.float64)
@@ -29,7 +32,7 @@ def _inputs(decay_kind, normalize, h0, seed=0, L=L):
         "step": 0.5 + 0.5 * torch.rand(B, H, L, generator=g, dtype=torch.float64),
     }[decay_kind]
     s0 = torch.rand(B, H, K, V + int(normalize), generator=g, dtype=torch.float64) if h0 else None
-    return q, k, v, decay, s0
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in (q, k, v, decay, s0))
 
 
 def _run(fn, q, k, v, decay, s0, normalize, chunk_size):
@@ -37,17 +40,20 @@ def _run(fn, q, k, v, decay, s0, normalize, chunk_size):
     q, k, v, decay, s0 = leaves
     o, final = fn(q, k, v, decay=decay, normalize=normalize, initial_state=s0, chunk_size=chunk_size)
     g = torch.Generator().manual_seed(7)
-    loss = (o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() + (final * torch.randn(final.shape, generator=g, dtype=o.dtype)).sum()
+    go = torch.randn(o.shape, generator=g, dtype=o.dtype).to(o.device)
+    gf = torch.randn(final.shape, generator=g, dtype=o.dtype).to(o.device)
+    loss = (o * go).sum() + (final * gf).sum()
     wrt = [t for t in leaves if isinstance(t, torch.Tensor)]
     return o, final, torch.autograd.grad(loss, wrt)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("decay_kind", ["none", "scalar", "head", "step"])
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("h0", [True, False])
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 29, 64])  # 7 does not divide 29; 64 > L
-def test_chunk_and_recurrent_equal_reference(decay_kind, normalize, h0, chunk_size):
-    args = _inputs(decay_kind, normalize, h0)
+def test_chunk_and_recurrent_equal_reference(decay_kind, normalize, h0, chunk_size, device):
+    args = _inputs(decay_kind, normalize, h0, device=device)
     o_ref, f_ref, g_ref = _run(ref.linear_attn, *args, normalize, chunk_size)
     forms = [chunk] + ([recurrent] if chunk_size == 4 else [])  # the loop does not depend on chunk_size
     for form in forms:
@@ -74,10 +80,11 @@ def test_reference_matches_explicit_loop():
             assert rel_err(f[b, h, :, :V], S) < 1e-12 and rel_err(f[b, h, :, V], z) < 1e-12
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("decay_kind", ["none", "step"])
-def test_split_with_state_equals_full(decay_kind):
+def test_split_with_state_equals_full(decay_kind, device):
     """Running the chunked form on two pieces, carrying the state (with z), equals one run."""
-    q, k, v, decay, _ = _inputs(decay_kind, True, False)
+    q, k, v, decay, _ = _inputs(decay_kind, True, False, device=device)
     o, f = chunk(q, k, v, decay=decay, chunk_size=4)
     cut = 11
     d1 = d2 = decay
@@ -89,8 +96,9 @@ def test_split_with_state_equals_full(decay_kind):
     assert rel_err(s2, f) < 1e-12
 
 
-def test_output_final_state_false_and_empty():
-    q, k, v, _, s0 = _inputs("none", True, True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_output_final_state_false_and_empty(device):
+    q, k, v, _, s0 = _inputs("none", True, True, device=device)
     o, f = chunk(q, k, v, initial_state=s0, output_final_state=False)
     assert f is None and rel_err(o, ref.linear_attn(q, k, v, initial_state=s0)[0]) < 1e-12
     for form in (chunk, recurrent, ref.linear_attn):
@@ -136,12 +144,13 @@ def test_fuzz_chunk_vs_reference(L, chunk_size, normalize, decay_kind):
     assert rel_err(o, o_ref) < 1e-11 and rel_err(f, f_ref) < 1e-11
 
 
-def test_long_sequence_with_strong_decay_is_finite():
+@pytest.mark.parametrize("device", DEVICES)
+def test_long_sequence_with_strong_decay_is_finite(device):
     """Cumulative log-decays reach -1e3 over the sequence; the chunked form never exponentiates
     a positive number, so nothing overflows, and it still equals the reference."""
     g = torch.Generator().manual_seed(0)
-    q, k = (torch.rand(1, 1, 2000, 4, generator=g, dtype=torch.float64) for _ in range(2))
-    v = torch.randn(1, 1, 2000, 3, generator=g, dtype=torch.float64)
+    q, k = (torch.rand(1, 1, 2000, 4, generator=g, dtype=torch.float64).to(device) for _ in range(2))
+    v = torch.randn(1, 1, 2000, 3, generator=g, dtype=torch.float64).to(device)
     o, f = chunk(q, k, v, decay=0.6, chunk_size=64)
     assert torch.isfinite(o).all() and torch.isfinite(f).all()
     o32, _ = chunk(q.float(), k.float(), v.float(), decay=0.6, chunk_size=64)

@@ -1,4 +1,8 @@
-"""The compiled selective scan against its reference (seqzoo/ops/selective_scan/ref.py)."""
+"""The compiled selective scan against its reference (seqzoo/ops/selective_scan/ref.py).
+
+The comparisons run on every device in ``tests.helpers.DEVICES``: on CUDA (marker ``cuda``)
+they test the extension's CUDA kernel, and skip without a GPU or without that kernel;
+the dispatch tests stay on the CPU."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import torch.nn.functional as F
 from seqzoo import _ext
 from seqzoo.ops import _dispatch, selective_scan
 from seqzoo.ops.selective_scan import ref
-from tests.helpers import rel_err
+from tests.helpers import DEVICES, compiled_backend, rel_err
 
 # the module (seqzoo.ops.selective_scan the attribute is the function of the same name)
 ss_mod = importlib.import_module("seqzoo.ops.selective_scan")
@@ -24,8 +28,9 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
 def _inputs(Bsz=2, D=6, L=37, N=5, *, groups=None, dtype=torch.float64, seed=0, with_D=True, with_z=True,
-            with_bias=True, with_h0=True, requires_grad=True):
-    """Inputs in the ranges a Mamba layer produces: A < 0, Δ around softplus^-1(0.01..0.5)."""
+            with_bias=True, with_h0=True, requires_grad=True, device="cpu"):
+    """Inputs in the ranges a Mamba layer produces: A < 0, Δ around softplus^-1(0.01..0.5).
+    Generated on the CPU (the same values on every device), then moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     bc_shape = (Bsz, N, L) if groups is None else (Bsz, groups, N, L)
@@ -42,7 +47,7 @@ def _inputs(Bsz=2, D=6, L=37, N=5, *, groups=None, dtype=torch.float64, seed=0, 
     )
     for k, v in t.items():
         if v is not None:
-            t[k] = v.to(dtype).requires_grad_(requires_grad)
+            t[k] = v.to(device=device, dtype=dtype).requires_grad_(requires_grad)
     return t
 
 
@@ -50,25 +55,28 @@ def _run(fn, t, softplus, seed=5, final_weight=1.0):
     """Forward, then gradients of a loss touching every output and the final state."""
     out, final = fn(**t, delta_softplus=softplus, return_final_state=True)
     g = torch.Generator().manual_seed(seed)
-    go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
-    gf = torch.randn(final.shape, generator=g, dtype=torch.float64).to(final.dtype)
+    go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
+    gf = torch.randn(final.shape, generator=g, dtype=torch.float64).to(final.device, final.dtype)
     loss = (out * go).sum() + final_weight * (final * gf).sum()
     inputs = [v for v in t.values() if v is not None]
     return out, final, torch.autograd.grad(loss, inputs)
 
 
-def _cpp(**kw):
-    return selective_scan(**kw, backend="cpp")
+def _compiled(device):
+    """selective_scan on seqzoo's compiled kernel for ``device`` (skips the test without one)."""
+    backend = compiled_backend("selective_scan", device)
+    return lambda **kw: selective_scan(**kw, backend=backend)
 
 
-@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "groups, with_D, with_z, with_bias, softplus, with_h0",
     list(itertools.product([None, 3], [True, False], [True, False], [True, False], [True, False], [True, False])),
 )
-def test_matches_reference_fwd_bwd(groups, with_D, with_z, with_bias, softplus, with_h0):
-    t = _inputs(groups=groups, with_D=with_D, with_z=with_z, with_bias=with_bias, with_h0=with_h0)
-    out, final, grads = _run(_cpp, t, softplus)
+def test_matches_reference_fwd_bwd(groups, with_D, with_z, with_bias, softplus, with_h0, device):
+    fn = _compiled(device)
+    t = _inputs(groups=groups, with_D=with_D, with_z=with_z, with_bias=with_bias, with_h0=with_h0, device=device)
+    out, final, grads = _run(fn, t, softplus)
     out_r, final_r, grads_r = _run(ref.selective_scan, t, softplus)
     assert rel_err(out, out_r) < 1e-12
     assert rel_err(final, final_r) < 1e-12
@@ -78,25 +86,27 @@ def test_matches_reference_fwd_bwd(groups, with_D, with_z, with_bias, softplus, 
         assert rel_err(got, want) < 1e-11, f"d{name}"
 
 
-@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("L, N, chunk", [(1, 5, 64), (150, 19, 64), (40, 8, 7), (13, 1, 4), (64, 16, 64)])
-def test_lengths_state_sizes_and_checkpoint_chunks(monkeypatch, L, N, chunk):
+def test_lengths_state_sizes_and_checkpoint_chunks(monkeypatch, L, N, chunk, device):
     """L = 1, L spanning several checkpoint chunks (also not a multiple of it), N not a
     multiple of the vector width (padded lanes), N = 1."""
+    fn = _compiled(device)
     monkeypatch.setattr(ss_mod, "CHECKPOINT_CHUNK", chunk)
-    t = _inputs(Bsz=2, D=3, L=L, N=N, seed=L)
-    out, final, grads = _run(_cpp, t, True)
+    t = _inputs(Bsz=2, D=3, L=L, N=N, seed=L, device=device)
+    out, final, grads = _run(fn, t, True)
     out_r, final_r, grads_r = _run(ref.selective_scan, t, True)
     assert rel_err(out, out_r) < 1e-12 and rel_err(final, final_r) < 1e-12
     for name, got, want in zip(NAMES, grads, grads_r):
         assert rel_err(got, want) < 1e-11, f"d{name}"
 
 
-@needs_ext
-def test_gradient_through_final_state_only():
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_through_final_state_only(device):
     """A loss on the final state alone: the op's backward gets no gradient for `out`."""
-    t = _inputs(L=20)
-    f = selective_scan(**t, delta_softplus=True, return_final_state=True, backend="cpp")[1]
+    fn = _compiled(device)
+    t = _inputs(L=20, device=device)
+    f = fn(**t, delta_softplus=True, return_final_state=True)[1]
     f_r = ref.selective_scan(**t, delta_softplus=True, return_final_state=True)[1]
     inputs = [v for v in t.values() if v is not None]
     g = torch.autograd.grad(f.square().sum(), inputs, allow_unused=True)
@@ -108,17 +118,19 @@ def test_gradient_through_final_state_only():
             assert rel_err(a, b) < 1e-11, name
 
 
-@needs_ext
-def test_empty_sequence():
-    t = _inputs(L=0, requires_grad=False)
-    out, final = selective_scan(**t, return_final_state=True, backend="cpp")
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_sequence(device):
+    fn = _compiled(device)
+    t = _inputs(L=0, requires_grad=False, device=device)
+    out, final = fn(**t, return_final_state=True)
     assert out.shape == (2, 6, 0) and torch.equal(final, t["initial_state"])
 
 
-@needs_ext
-def test_noncontiguous_inputs():
+@pytest.mark.parametrize("device", DEVICES)
+def test_noncontiguous_inputs(device):
     """Views such as a Mamba layer passes: (B, L, D) tensors transposed to (B, D, L)."""
-    t = _inputs(Bsz=2, D=8, L=33, N=4, groups=2, requires_grad=False)
+    fn = _compiled(device)
+    t = _inputs(Bsz=2, D=8, L=33, N=4, groups=2, requires_grad=False, device=device)
     nc = {}
     for k, v in t.items():
         if v is not None and v.dim() >= 3:
@@ -129,43 +141,46 @@ def test_noncontiguous_inputs():
         nc[k] = v
     nc["D"] = torch.stack([t["D"], t["D"]], 1)[:, 0]  # strided 1-D
     assert not nc["D"].is_contiguous()
-    out, final = selective_scan(**nc, delta_softplus=True, return_final_state=True, backend="cpp")
+    out, final = fn(**nc, delta_softplus=True, return_final_state=True)
     out_r, final_r = ref.selective_scan(**t, delta_softplus=True, return_final_state=True)
     assert rel_err(out, out_r) < 1e-12 and rel_err(final, final_r) < 1e-12
 
 
-@needs_ext
-def test_float32_and_half_inputs():
-    t64 = _inputs(Bsz=2, D=16, L=300, N=16, requires_grad=False)
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_and_half_inputs(device):
+    fn = _compiled(device)
+    t64 = _inputs(Bsz=2, D=16, L=300, N=16, requires_grad=False, device=device)
     out_r = ref.selective_scan(**t64, delta_softplus=True)
     t32 = {k: None if v is None else v.float() for k, v in t64.items()}
-    out = selective_scan(**t32, delta_softplus=True, backend="cpp")
+    out = fn(**t32, delta_softplus=True)
     assert out.dtype == torch.float32 and rel_err(out.double(), out_r) < 1e-5
     # bf16 inputs are computed in fp32; the reference on the same rounded inputs agrees
     tb = {k: None if v is None else v.bfloat16() for k, v in t64.items()}
-    out_b = selective_scan(**tb, delta_softplus=True, backend="cpp")
+    out_b = fn(**tb, delta_softplus=True)
     want = ref.selective_scan(**{k: None if v is None else v.double() for k, v in tb.items()}, delta_softplus=True)
     assert out_b.dtype == torch.bfloat16 and rel_err(out_b.double(), want) < 1e-2
 
 
-@needs_ext
-def test_float32_gradients():
-    t = _inputs(Bsz=2, D=5, L=90, N=16)
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_gradients(device):
+    fn = _compiled(device)
+    t = _inputs(Bsz=2, D=5, L=90, N=16, device=device)
     t32 = {k: None if v is None else v.detach().float().requires_grad_() for k, v in t.items()}
-    _, _, g32 = _run(_cpp, t32, True)
+    _, _, g32 = _run(fn, t32, True)
     _, _, g64 = _run(ref.selective_scan, t, True)
     for name, a, b in zip(NAMES, g32, g64):
         assert rel_err(a.double(), b) < 1e-4, name
 
 
-@needs_ext
-def test_padding_with_minus_inf_delta_leaves_state_unchanged():
+@pytest.mark.parametrize("device", DEVICES)
+def test_padding_with_minus_inf_delta_leaves_state_unchanged(device):
     """What Mamba's `lengths` relies on: delta = -inf (softplus -> exactly 0) freezes the state."""
+    fn = _compiled(device)
     for dtype in (torch.float64, torch.float32):
-        t = _inputs(L=12, dtype=dtype, requires_grad=False)
-        _, f_short = selective_scan(**{**t, **_cut(t, 7)}, delta_softplus=True, return_final_state=True, backend="cpp")
+        t = _inputs(L=12, dtype=dtype, requires_grad=False, device=device)
+        _, f_short = fn(**{**t, **_cut(t, 7)}, delta_softplus=True, return_final_state=True)
         t["delta"][..., 7:] = float("-inf")
-        out, f = selective_scan(**t, delta_softplus=True, return_final_state=True, backend="cpp")
+        out, f = fn(**t, delta_softplus=True, return_final_state=True)
         assert torch.equal(f, f_short)
         assert torch.isfinite(out).all()
 
@@ -174,21 +189,27 @@ def _cut(t, n):
     return {k: v[..., :n] for k, v in t.items() if k in ("u", "delta", "z", "B", "C")}
 
 
-@needs_ext
-def test_gradcheck():
-    t = _inputs(Bsz=1, D=2, L=6, N=3, groups=2)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck(device):
+    scan = _compiled(device)
+    t = _inputs(Bsz=1, D=2, L=6, N=3, groups=2, device=device)
     names = list(t)
 
     def fn(*args):
-        out, final = selective_scan(**dict(zip(names, args)), delta_softplus=True, return_final_state=True, backend="cpp")
+        out, final = scan(**dict(zip(names, args)), delta_softplus=True, return_final_state=True)
         return out, final
 
-    assert torch.autograd.gradcheck(fn, tuple(t.values()), fast_mode=True)
+    # the CUDA backward sums dB and dC over a group's channels with atomicAdd, in no fixed
+    # order: two backward passes may differ in the last bits
+    nondet_tol = 1e-12 if device == "cuda" else 0.0
+    assert torch.autograd.gradcheck(fn, tuple(t.values()), fast_mode=True, nondet_tol=nondet_tol)
 
 
-@needs_ext
-def test_opcheck():
-    t = _inputs(Bsz=2, D=4, L=11, N=3, groups=2, requires_grad=False)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    """The fake kernels, schema and autograd registration agree with the device's kernel."""
+    compiled_backend("selective_scan", device)
+    t = _inputs(Bsz=2, D=4, L=11, N=3, groups=2, requires_grad=False, device=device)
     u, delta, A, B, C, D, z, bias, h0 = t.values()
     cases = [
         (u, delta, A, B, C, D, z, bias, h0, True, 4),

@@ -1,4 +1,7 @@
-"""The chunked SSD algorithm (Mamba-2) against its loop reference (seqzoo/ops/ssd/ref.py)."""
+"""The chunked SSD algorithm (Mamba-2) against its loop reference (seqzoo/ops/ssd/ref.py).
+
+Pure PyTorch: the comparisons run on every device in ``tests.helpers.DEVICES`` (on CUDA
+with the ``cuda`` marker, skipped without a GPU)."""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ import torch
 
 from seqzoo.ops import _dispatch, ssd
 from seqzoo.ops.ssd import ref, segsum, ssd_chunked
-from tests.helpers import rel_err
+from tests.helpers import DEVICES, rel_err
 
 
-def _inputs(B=2, L=29, H=4, P=3, G=2, N=5, dtype=torch.float64, seed=0, requires_grad=True):
+def _inputs(B=2, L=29, H=4, P=3, G=2, N=5, dtype=torch.float64, seed=0, requires_grad=True, device="cpu"):
+    """Generated on the CPU (the same values on every device), then moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     t = dict(
@@ -21,21 +25,24 @@ def _inputs(B=2, L=29, H=4, P=3, G=2, N=5, dtype=torch.float64, seed=0, requires
         C=r(B, L, G, N),
         initial_state=r(B, H, P, N),
     )
-    return {k: v.to(dtype).requires_grad_(requires_grad) for k, v in t.items()}
+    return {k: v.to(device, dtype).requires_grad_(requires_grad) for k, v in t.items()}
 
 
 def _run(fn, t, chunk, seed=7):
     y, S = fn(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk, t["initial_state"], True)
     g = torch.Generator().manual_seed(seed)
-    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum() + (S * torch.randn(S.shape, generator=g, dtype=S.dtype)).sum()
+    gy = torch.randn(y.shape, generator=g, dtype=y.dtype).to(y.device)
+    gS = torch.randn(S.shape, generator=g, dtype=S.dtype).to(y.device)
+    loss = (y * gy).sum() + (S * gS).sum()
     return y, S, torch.autograd.grad(loss, list(t.values()))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("L", [29, 50])
 @pytest.mark.parametrize("chunk", [1, 3, 7, 16, 64])
-def test_chunked_equals_recurrence(L, chunk):
+def test_chunked_equals_recurrence(L, chunk, device):
     """Chunk sizes that divide L, that do not, and that exceed it."""
-    t = _inputs(L=L)
+    t = _inputs(L=L, device=device)
     y, S, g = _run(ssd_chunked, t, chunk)
     y_r, S_r, g_r = _run(ref.ssd, t, chunk)
     assert rel_err(y, y_r) < 1e-12 and rel_err(S, S_r) < 1e-12
@@ -43,23 +50,30 @@ def test_chunked_equals_recurrence(L, chunk):
         assert rel_err(a, b) < 1e-11, f"d{name}"
 
 
+# backend="chunked" rather than "auto": on a GPU, auto prefers mamba_ssm's Triton kernels
+# when installed (float32, tf32 matmuls), which are not what these float64 checks are about
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("G", [1, 4])
-def test_groups_and_no_initial_state(G):
-    t = _inputs(G=G, requires_grad=False)
-    y = ssd(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=8)
+def test_groups_and_no_initial_state(G, device):
+    t = _inputs(G=G, requires_grad=False, device=device)
+    y = ssd(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=8, backend="chunked")
     y_r = ref.ssd(t["x"], t["dt"], t["A"], t["B"], t["C"])
     assert rel_err(y, y_r) < 1e-12
 
 
-def test_length_one_float32_and_auto_backend(monkeypatch):
+def test_auto_backend_on_cpu_is_chunked(monkeypatch):
     monkeypatch.delenv("SEQZOO_BACKEND", raising=False)
     assert _dispatch.select("ssd", "auto", "cpu") == "chunked"
-    t = _inputs(L=1, requires_grad=False)
-    y, S = ssd(*(t[k] for k in ("x", "dt", "A", "B", "C")), 64, t["initial_state"], True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_length_one_and_float32(device):
+    t = _inputs(L=1, requires_grad=False, device=device)
+    y, S = ssd(*(t[k] for k in ("x", "dt", "A", "B", "C")), 64, t["initial_state"], True, backend="chunked")
     y_r, S_r = ref.ssd(*(t[k] for k in ("x", "dt", "A", "B", "C")), 64, t["initial_state"], True)
     assert rel_err(y, y_r) < 1e-13 and rel_err(S, S_r) < 1e-13
-    t32 = _inputs(L=200, dtype=torch.float32, requires_grad=False)
-    y32 = ssd(*(t32[k] for k in ("x", "dt", "A", "B", "C")), 64)
+    t32 = _inputs(L=200, dtype=torch.float32, requires_grad=False, device=device)
+    y32 = ssd(*(t32[k] for k in ("x", "dt", "A", "B", "C")), 64, backend="chunked")
     assert y32.dtype == torch.float32
     assert rel_err(y32.double(), ref.ssd(*(t32[k].double() for k in ("x", "dt", "A", "B", "C")))) < 1e-5
 
