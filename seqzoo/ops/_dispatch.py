@@ -52,6 +52,7 @@ class ExtraBackend:
     preferred: bool = False
     package: str | None = None
     install: str = ""
+    dtypes: tuple[torch.dtype, ...] | None = None  # the input dtypes it takes (None: any)
 
 
 # op -> {backend name: ExtraBackend}
@@ -73,11 +74,12 @@ def register_extra_backend(
     preferred: bool = False,
     package: str | None = None,
     install: str = "",
+    dtypes: tuple[torch.dtype, ...] | None = None,
 ) -> None:
-    """Declare a backend (e.g. ``mamba_ssm``) that ``op`` can use on ``devices``: see
-    :class:`ExtraBackend`. ``preferred=True`` makes ``auto`` try it before seqzoo's own
-    compiled kernel (only once it proved ready)."""
-    _EXTRAS.setdefault(op, {})[name] = ExtraBackend(devices, load, probe, preferred, package, install)
+    """Declare a backend (e.g. ``mamba_ssm``) that ``op`` can use on ``devices`` for inputs
+    of ``dtypes``: see :class:`ExtraBackend`. ``preferred=True`` makes ``auto`` try it
+    before seqzoo's own compiled kernel (only once it proved ready)."""
+    _EXTRAS.setdefault(op, {})[name] = ExtraBackend(devices, load, probe, preferred, package, install, dtypes)
 
 
 def extra_status(op: str, name: str, device: torch.device | str) -> tuple[Any, str | None]:
@@ -134,8 +136,9 @@ def compiled_name(device_type: str) -> str:
     return "cuda" if device_type == "cuda" else "cpp"
 
 
-def select(op: str, backend: str, device: torch.device | str) -> str:
-    """Return the backend that runs ``op`` for tensors on ``device``."""
+def select(op: str, backend: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    """Return the backend that runs ``op`` for tensors on ``device`` (of ``dtype``, when
+    given: ``auto`` passes over an extra that does not take it, e.g. float64)."""
     device_type = torch.device(device).type
     valid = valid_backends(op)
     if backend not in valid:
@@ -152,13 +155,15 @@ def select(op: str, backend: str, device: torch.device | str) -> str:
 
     if backend == "auto":
         extras = _EXTRAS.get(op, {})
+        fits = {n: device_type in e.devices and (dtype is None or e.dtypes is None or dtype in e.dtypes)
+                for n, e in extras.items()}
         for name, spec in extras.items():
-            if spec.preferred and device_type in spec.devices and _usable(op, name, device):
+            if spec.preferred and fits[name] and _usable(op, name, device):
                 return _announce(op, device_type, name)
         if _ext.has_kernel(op, device_type):
             return _announce(op, device_type, compiled_name(device_type))
         for name, spec in extras.items():
-            if not spec.preferred and device_type in spec.devices and _usable(op, name, device):
+            if not spec.preferred and fits[name] and _usable(op, name, device):
                 return _announce(op, device_type, name)
         if (op, device_type) not in _warned:
             _warned.add((op, device_type))
@@ -194,10 +199,15 @@ def select(op: str, backend: str, device: torch.device | str) -> str:
                 f"this op" + ("; rebuild on a machine with a CUDA toolkit and a CUDA torch" if want == "cuda" else "")
             )
         return _announce(op, device_type, backend)
-    devices = _EXTRAS[op][backend].devices
-    if device_type not in devices:
+    spec = _EXTRAS[op][backend]
+    if device_type not in spec.devices:
         raise ValueError(
-            f"seqzoo.ops.{op}: backend={backend!r} runs on {'/'.join(devices)} tensors, not {device_type}"
+            f"seqzoo.ops.{op}: backend={backend!r} runs on {'/'.join(spec.devices)} tensors, not {device_type}"
+        )
+    if dtype is not None and spec.dtypes is not None and dtype not in spec.dtypes:
+        raise ValueError(
+            f"seqzoo.ops.{op}: backend={backend!r} takes {', '.join(str(d)[6:] for d in spec.dtypes)} inputs, "
+            f"not {str(dtype)[6:]}; use backend='auto' (seqzoo's own kernels take it)"
         )
     kernel, why = extra_status(op, backend, device)
     if kernel is None:

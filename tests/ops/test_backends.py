@@ -235,3 +235,16 @@ def test_causal_conv1d_package(fresh_dispatch, kind):
     else:
         with pytest.raises(RuntimeError, match="cannot run here"):
             causal_conv1d(x, w, backend="causal_conv1d")
+
+
+def test_extras_only_take_their_dtypes(fresh_dispatch):
+    """The packages have no float64 kernels: auto passes over a ready extra for float64
+    inputs (seqzoo's own kernels take them), and an explicit request says so."""
+    spec = PACKAGES["selective_scan"]
+    _plant(fresh_dispatch, spec["module"], BODIES["working"].format(**spec))
+    assert _dispatch.select("selective_scan", "auto", "cpu", torch.float32) == "mamba_ssm"
+    assert _dispatch.select("selective_scan", "auto", "cpu", torch.float64) == _own("selective_scan")
+    with pytest.raises(ValueError, match="takes float32, float16, bfloat16 inputs, not float64"):
+        _dispatch.select("selective_scan", "mamba_ssm", "cpu", torch.float64)
+    t = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in _ss_inputs().items()}
+    assert rel_err(selective_scan(**t), ss_ref.selective_scan(**t)) < 1e-12  # float64 through seqzoo's own kernel

@@ -47,6 +47,7 @@ _dispatch.register_extra_backend(
     "causal_conv1d", "causal_conv1d", ("cuda",), _load_package, probe=_probe_package, preferred=True,
     package="causal_conv1d",
     install="pip install --no-build-isolation causal-conv1d (or seqzoo[cuda]) on a machine with a CUDA toolkit, torch installed first",
+    dtypes=(torch.float32, torch.float16, torch.bfloat16),
 )
 # the package's kernels take widths 2 to 4 only; auto uses seqzoo's own for other widths
 _PACKAGE_WIDTHS = (2, 3, 4)
@@ -70,8 +71,8 @@ def _check(x: Tensor, weight: Tensor, bias, state, activation, *, state_name: st
         raise ValueError(f"{fn}: {state_name} must be (B, D, W-1) = {(B, D, W - 1)}, got shape {tuple(state.shape)}")
 
 
-def _choose(backend: str, device: torch.device, width: int) -> str:
-    choice = _dispatch.select("causal_conv1d", backend, device)
+def _choose(backend: str, device: torch.device, dtype: torch.dtype, width: int) -> str:
+    choice = _dispatch.select("causal_conv1d", backend, device, dtype)
     if choice == "causal_conv1d" and width not in _PACKAGE_WIDTHS:
         if backend == "causal_conv1d":
             raise ValueError(f"causal_conv1d: the causal-conv1d package takes widths 2-4, got {width}; use backend='auto'")
@@ -112,7 +113,7 @@ def causal_conv1d(
         out (B, D, L) in x's dtype [, final_states (B, D, W-1) in x's dtype].
     """
     _check(x, weight, bias, initial_states, activation, state_name="initial_states", step=False)
-    choice = _choose(backend, x.device, weight.shape[1])
+    choice = _choose(backend, x.device, x.dtype, weight.shape[1])
     if choice == "ref":
         return ref.causal_conv1d(x, weight, bias, initial_states, return_final_states, activation)
     if choice == "causal_conv1d":
@@ -144,7 +145,7 @@ def causal_conv1d_update(
     ``(out (B, D), new_conv_state (B, D, W-1))``. Pure: ``conv_state`` is not modified
     (the package's update writes in place, so it gets a copy)."""
     _check(x, weight, bias, conv_state, activation, state_name="conv_state", step=True)
-    choice = _choose(backend, x.device, weight.shape[1])
+    choice = _choose(backend, x.device, x.dtype, weight.shape[1])
     if choice == "ref":
         return ref.causal_conv1d_update(x, conv_state, weight, bias, activation)
     if choice == "causal_conv1d":

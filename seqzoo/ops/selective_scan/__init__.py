@@ -65,7 +65,7 @@ def _probe_mamba_ssm(fn, device: torch.device) -> None:
 
 _dispatch.register_extra_backend(
     "selective_scan", "mamba_ssm", ("cuda",), _load_mamba_ssm, probe=_probe_mamba_ssm, preferred=True,
-    package="mamba_ssm", install=MAMBA_SSM_INSTALL,
+    package="mamba_ssm", install=MAMBA_SSM_INSTALL, dtypes=(torch.float32, torch.float16, torch.bfloat16),
 )
 
 
@@ -141,7 +141,7 @@ def selective_scan(
         least float32 (fp16/bf16 inputs are upcast).
     """
     _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    choice = _dispatch.select("selective_scan", backend, u.device)
+    choice = _dispatch.select("selective_scan", backend, u.device, u.dtype)
     if choice == "mamba_ssm" and initial_state is not None:
         if backend == "mamba_ssm":
             raise ValueError("selective_scan: backend='mamba_ssm' has no initial_state; use backend='auto' or 'cuda'")

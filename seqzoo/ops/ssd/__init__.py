@@ -54,7 +54,7 @@ def _probe_mamba_ssm(fn, device: torch.device) -> None:
 
 _dispatch.register_extra_backend(
     "ssd", "mamba_ssm", ("cuda",), _load_mamba_ssm, probe=_probe_mamba_ssm, preferred=True,
-    package="mamba_ssm", install=MAMBA_SSM_INSTALL,
+    package="mamba_ssm", install=MAMBA_SSM_INSTALL, dtypes=(torch.float32, torch.float16, torch.bfloat16),
 )
 _dispatch.register_extra_backend("ssd", "chunked", ("cpu", "cuda"), lambda: ssd_chunked)
 
@@ -175,7 +175,7 @@ def ssd(
         y (B, L, H, P) in x's dtype [, final state (B, H, P, N) in the compute dtype].
     """
     _check(x, dt, A, B, C, chunk_size, initial_state)
-    choice = _dispatch.select("ssd", backend, x.device)
+    choice = _dispatch.select("ssd", backend, x.device, x.dtype)
     if choice == "ref":
         return ref.ssd(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
     if choice == "mamba_ssm":
