@@ -193,9 +193,17 @@ def environment(report: Report, device: str) -> None:
 
 def kernels_vs_reference(report: Report, device: str, quick: bool) -> None:
     """Each op at a small size: fp64 error against its reference and the time of both."""
-    from seqzoo.ops import causal_conv1d, cauchy, diag_scan, linear_attn, selective_scan, ssd, vandermonde
-    from seqzoo.ops.causal_conv1d import ref as cc_ref
+    from seqzoo.ops import (
+        cauchy,
+        causal_conv1d,
+        diag_scan,
+        linear_attn,
+        selective_scan,
+        ssd,
+        vandermonde,
+    )
     from seqzoo.ops.cauchy import ref as cauchy_ref
+    from seqzoo.ops.causal_conv1d import ref as cc_ref
     from seqzoo.ops.diag_scan import ref as ds_ref
     from seqzoo.ops.linear_attn import ref as la_ref
     from seqzoo.ops.selective_scan import ref as ss_ref
