@@ -398,13 +398,14 @@ def layers(report: Report, device: str, quick: bool) -> None:
                 layer = build_layer(name, D_, L).to(device).train()
                 x = torch.randn(B_, L, D_, device=device, requires_grad=True)
 
-                def run(dtype):
+                def run(layer, x, dtype):
                     with torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                         y, _ = layer(x, return_state=False)
                     return y
 
                 for dtype in dtypes:
-                    t = bench(fwd_bwd(lambda dtype=dtype: run(dtype), [x]), device, reps=5 if L == long_L else 10)
+                    t = bench(fwd_bwd(lambda layer=layer, x=x, dtype=dtype: run(layer, x, dtype), [x]), device,
+                              reps=5 if L == long_L else 10)
                     key = f"{L}-{dtype}"
                     if name == "attention":
                         base[key] = t
