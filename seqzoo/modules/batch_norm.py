@@ -44,21 +44,22 @@ class SequenceBatchNorm(nn.BatchNorm1d):
 
         xf = x.to(_compute_dtype(x))  # statistics in fp32 at least, whatever the autocast dtype
         if lengths is None:
+            mask = None
             n = xf.new_tensor(float(x.shape[0] * x.shape[1]))
-            mean = xf.mean(dim=(0, 1))
-            var = (xf - mean).square().mean(dim=(0, 1))
         else:
             mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, L, 1)
             n = mask.sum().to(xf.dtype)
-            denom = n.clamp(min=1)
-            mean = (xf * mask).sum(dim=(0, 1)) / denom
-            var = ((xf - mean) * mask).square().sum(dim=(0, 1)) / denom
+        denom = n.clamp(min=1)
+        mean = (xf if mask is None else xf * mask).sum(dim=(0, 1)) / denom
+        dev = xf - mean
+        var = (dev if mask is None else dev * mask).square().sum(dim=(0, 1)) / denom
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            w = (n > 0).to(self.running_mean.dtype) * m  # an empty batch leaves the running statistics alone
             unbiased = var * (n / (n - 1).clamp(min=1))
-            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
-            self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), m)
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), w)
+            self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), w)
         return self._affine(x, mean, var)
 
     def _affine(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
