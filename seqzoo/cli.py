@@ -74,8 +74,10 @@ def train(
     layer: Annotated[str, typer.Option(help="layer (seqzoo list); options from configs/layers/<layer>.yaml")] = "s4d",
     overrides: Annotated[list[str] | None, typer.Argument(
         help="key=value overrides of the run config (steps=500, lr=3e-3, task.seq_len=512, layer.d_state=16)")] = None,
-    preset: Annotated[str, typer.Option(help="full (configs/lra as is) or a folder of configs/presets/")] = "full",
-    config: Annotated[Path | None, typer.Option(help="a run config YAML used instead of configs/lra/<task>.yaml")] = None,
+    preset: Annotated[str, typer.Option(help="full (configs/lra, then the layer's recipe from configs/recipes/) "
+                                                  "or a folder of configs/presets/")] = "full",
+    config: Annotated[Path | None, typer.Option(help="a run config YAML used instead of configs/lra/<task>.yaml "
+                                                     "and of the layer's recipe")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder [default: runs/train/<task>-<layer>]")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint in --out")] = True,
     data: Annotated[Path | None, typer.Option(help="data cache root [default: $SEQZOO_DATA or ~/.cache/seqzoo]")] = None,

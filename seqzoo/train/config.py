@@ -220,8 +220,9 @@ def compose(task: str, layer: str | None = None, preset: str = "full",
             overrides: list[str] | tuple[str, ...] = (), config: str | Path | None = None) -> RunConfig:
     """The validated :class:`RunConfig` of ``layer`` x ``task`` under ``preset``.
 
-    ``config``: a YAML file used instead of ``configs/lra/<task>.yaml``. ``preset``: "full"
-    (the task file, then the layer's recipe) or a folder under ``configs/presets/``."""
+    ``config``: a YAML file used instead of ``configs/lra/<task>.yaml`` (and of the layer's
+    recipe, unless ``recipe=<name>`` asks for one). ``preset``: "full" (the task file, then
+    the layer's recipe) or a folder under ``configs/presets/``."""
     from seqzoo.tasks import get_task
 
     get_task(task)  # unknown task -> the registered ones
@@ -238,8 +239,9 @@ def compose(task: str, layer: str | None = None, preset: str = "full",
         layer = asked.get("layer", options.get("layer"))
     where = str(path) if config is not None else f"configs/lra/{task}.yaml"
     if preset == "full":
+        recipe = asked.get("recipe", "common" if config is not None else None)  # a config file is the whole run
         options = _apply_recipe({**options, "recipe_source": f"{where} (seqzoo's common recipe)"}, task,
-                                layer or RunConfig.layer, asked.get("recipe"))
+                                layer or RunConfig.layer, recipe)
     else:
         options["recipe_source"] = f"configs/presets/{preset}/ over {where}"
         if asked.get("recipe", "common") != "common":
@@ -265,7 +267,7 @@ def _apply_recipe(options: dict[str, Any], task: str, layer: str, asked: str | N
     recipe; a recipe asked for by name must have one."""
     name = recipe_of(layer) if asked is None else str(asked)
     if name not in list_recipes():
-        raise ConfigError(f"unknown recipe {name!r}{closest_hint(name, list_recipes())} "
+        raise ConfigError(f"unknown recipe {name!r}.{closest_hint(name, list_recipes())} "
                           f"Valid recipes: {', '.join(list_recipes())}")
     if name == "common":
         return options
