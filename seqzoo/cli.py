@@ -74,8 +74,10 @@ def train(
     layer: Annotated[str, typer.Option(help="layer (seqzoo list); options from configs/layers/<layer>.yaml")] = "s4d",
     overrides: Annotated[list[str] | None, typer.Argument(
         help="key=value overrides of the run config (steps=500, lr=3e-3, task.seq_len=512, layer.d_state=16)")] = None,
-    preset: Annotated[str, typer.Option(help="full (configs/lra as is) or a folder of configs/presets/")] = "full",
-    config: Annotated[Path | None, typer.Option(help="a run config YAML used instead of configs/lra/<task>.yaml")] = None,
+    preset: Annotated[str, typer.Option(help="full (configs/lra, then the layer's recipe from configs/recipes/) "
+                                                  "or a folder of configs/presets/")] = "full",
+    config: Annotated[Path | None, typer.Option(help="a run config YAML used instead of configs/lra/<task>.yaml "
+                                                     "and of the layer's recipe")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder [default: runs/train/<task>-<layer>]")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint in --out")] = True,
     data: Annotated[Path | None, typer.Option(help="data cache root [default: $SEQZOO_DATA or ~/.cache/seqzoo]")] = None,
@@ -105,13 +107,15 @@ def train(
     except ConfigError as e:
         _fail(e)
     if dry_run:
-        from seqzoo.train.loop import build_run_model
+        from seqzoo.train.loop import build_run_model, param_groups
 
         plan = resolve(cfg)
         model = build_run_model(plan)
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        param_groups(model, cfg.lr, cfg.weight_decay, cfg.param_overrides)  # every override must match a parameter
         typer.echo(json.dumps(cfg.to_dict(), indent=2, default=str))
-        typer.echo(f"{layer} x {task}: {n:,} parameters; train L={plan.info.seq_len}, test L={plan.eval_info['test'].seq_len}")
+        typer.echo(f"{cfg.layer} x {task}: {n:,} parameters; train L={plan.info.seq_len}, "
+                   f"test L={plan.eval_info['test'].seq_len}; recipe {cfg.recipe}: {cfg.recipe_source}")
         return
     out = out or Path("runs/train") / f"{task}-{layer}"
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -134,7 +138,8 @@ def train(
 
 @bench_app.command("lra")
 def bench_lra(
-    preset: Annotated[str, typer.Option(help="quick (CPU minutes) | full (LRA-sized, for a GPU) | a configs/presets folder")] = "quick",
+    preset: Annotated[str, typer.Option(help="quick (CPU minutes) | full (LRA-sized, for a GPU; each layer's "
+                                                  "recipe, see configs/recipes/) | a configs/presets folder")] = "quick",
     layers: Annotated[str | None, typer.Option(help="comma-separated layers [default: all registered]")] = None,
     tasks: Annotated[str | None, typer.Option(help="comma-separated tasks [default: all registered]")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides applied to every run")] = None,
@@ -143,10 +148,13 @@ def bench_lra(
     threads: Annotated[int, typer.Option(help="torch threads per process")] = 1,
     data: Annotated[Path | None, typer.Option(help="data cache root [default: $SEQZOO_DATA or ~/.cache/seqzoo]")] = None,
     resume: Annotated[bool, typer.Option(help="reuse finished runs in --out that have the same config")] = True,
-    dry_run: Annotated[bool, typer.Option(help="validate every config and build every model; no data, no training")] = False,
+    dry_run: Annotated[bool, typer.Option(help="validate every config and build every model; print each run's "
+                                              "recipe and its source; no data, no training")] = False,
 ) -> None:
     """Every layer x every task under a preset: results.jsonl, results.md (table; with the
-    full preset, the published LRA numbers beside ours) and accuracy.png."""
+    full preset, the published LRA numbers beside ours) and accuracy.png. Under the full
+    preset s4, s4d, rtf and s5 run their papers' own recipes (configs/recipes/), the other
+    layers the common one (configs/lra/); `recipe=common` runs every layer on the common one."""
     from seqzoo.train.suite import plan_suite, run_suite
 
     try:
@@ -164,19 +172,32 @@ def bench_lra(
         typer.echo(f"{name:14s} {Path(path).resolve()}")
 
 
+def _block(c) -> str:
+    """A run's block in a few words: "post-BN, no MLP, drop 0.1 tied"."""
+    norm = {"layernorm": "LN", "rmsnorm": "RMS", "batchnorm": "BN"}[c.norm]
+    parts = [f"{'pre' if c.prenorm else 'post'}-{norm}", f"MLP x{c.mlp_ratio:g}" if c.mlp_ratio else "no MLP"]
+    if c.dropout:
+        parts.append(f"drop {c.dropout:g}{' tied' if c.tie_dropout else ''}")
+    return ", ".join(parts)
+
+
 def _dry_run(cells) -> None:
     from seqzoo.timing import table
     from seqzoo.train import resolve
-    from seqzoo.train.loop import build_run_model
+    from seqzoo.train.loop import build_run_model, param_groups
 
     rows = []
     for cell in cells:
         plan = resolve(cell.config)
         c = cell.config
-        n = sum(p.numel() for p in build_run_model(plan).parameters() if p.requires_grad)
-        rows.append((cell.task, cell.layer, plan.info.seq_len, c.d_model, c.n_layers, f"{n:,}", c.steps, c.batch_size,
-                     c.lr, c.train_size if c.train_size is not None else "default"))
-    typer.echo(table(("task", "layer", "L", "d_model", "layers", "params", "steps", "batch", "lr", "train items"), rows))
+        model = build_run_model(plan)
+        param_groups(model, c.lr, c.weight_decay, c.param_overrides)  # every override must match a parameter
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        rows.append((cell.task, cell.layer, c.recipe, plan.info.seq_len, c.d_model, c.n_layers, _block(c), f"{n:,}",
+                     c.steps, c.batch_size, c.lr, c.train_size if c.train_size is not None else "default",
+                     c.recipe_source))
+    typer.echo(table(("task", "layer", "recipe", "L", "d_model", "layers", "block", "params", "steps", "batch", "lr",
+                      "train items", "source"), rows))
     typer.echo(f"{len(cells)} runs validated and built (no data generated, nothing trained)")
 
 

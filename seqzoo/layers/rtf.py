@@ -174,6 +174,7 @@ class RTFConfig:
     l_max: int = 1024  # T: the kernel length the numerator is corrected for (must exceed d_state)
     init: Literal["zeros", "montel"] = "zeros"
     constraint: Literal["none", "l1"] = "none"  # "l1": Σ|a_k| < 1, every pole inside the unit circle
+    num_a: int | None = None  # distinct denominators a, tied across the channels (RTF's num_a); None: H
     bidirectional: bool = False
     lr: float | None = 1e-3  # learning-rate hint for a, b (None: the global one)
     activation: Literal["gelu", "silu", "identity"] = "gelu"
@@ -190,6 +191,8 @@ class RTFConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.num_a is not None and (self.num_a < 1 or self.d_model % self.num_a):
+            raise ValueError(f"num_a={self.num_a} must be a positive divisor of d_model={self.d_model} (or None: one per channel)")
 
 
 class RTFState(NamedTuple):
@@ -217,16 +220,18 @@ class RTF(SequenceLayer):
         {"init": "montel", "d_state": 8, "l_max": 64},
         {"init": "montel", "d_state": 4, "l_max": 16, "constraint": "l1"},  # L = 29 > l_max: continued kernel
         {"init": "montel", "d_state": 8, "l_max": 64, "bidirectional": True},
+        {"init": "montel", "d_state": 4, "l_max": 32, "num_a": 2, "constraint": "l1"},  # tied denominators
     )
 
     def __init__(self, config: RTFConfig):
         super().__init__(config)
         H, N = config.d_model, config.d_state
         rows = 2 * H if config.bidirectional else H
+        a_rows = rows // H * (config.num_a or H)  # channel h of each direction uses a row h // (H / num_a)
         if config.init == "zeros":
-            a, b = torch.zeros(rows, N), torch.zeros(rows, N)
+            a, b = torch.zeros(a_rows, N), torch.zeros(rows, N)
         else:  # montel: Σ|a_k| <= 1
-            a, b = (torch.rand(rows, N) * 2 - 1) / N, (torch.rand(rows, N) * 2 - 1) / N
+            a, b = (torch.rand(a_rows, N) * 2 - 1) / N, (torch.rand(rows, N) * 2 - 1) / N
         self.a = nn.Parameter(a)
         self.b = nn.Parameter(b)
         self.h0 = nn.Parameter(torch.randn(H))
@@ -234,7 +239,7 @@ class RTF(SequenceLayer):
         for p in (self.a, self.b):
             optim_hint(p, weight_decay=0.0, **hints)
         if config.constraint == "l1":
-            self.a_scale = optim_hint(nn.Parameter(torch.rand(rows)), weight_decay=0.0, **hints)
+            self.a_scale = optim_hint(nn.Parameter(torch.rand(a_rows)), weight_decay=0.0, **hints)
         self.keep_fp32("a", "b", *(("a_scale",) if config.constraint == "l1" else ()))  # the poles and zeros
         self.post = SSMOutput(H, H, config.activation, config.output, config.dropout)
 
@@ -247,6 +252,7 @@ class RTF(SequenceLayer):
             a = self.a.to(rdtype)
             if self.config.constraint == "l1":
                 a = a / (a.abs().sum(-1, keepdim=True) + self.a_scale.to(rdtype).abs()[:, None] + 1e-6)
+            a = a.repeat_interleave(self.b.shape[0] // a.shape[0], dim=0)  # (H', N), as RTF repeats "(D R)"
             b = self.b.to(rdtype)
             h0 = self.h0.to(rdtype)
             if self.config.bidirectional:

@@ -87,6 +87,7 @@ class S4Config:
     d_model: int
     d_state: int = 64  # N: state size; N/2 complex modes are stored (conjugate pairs)
     channels: int = 1  # kernels (C̃ rows) per channel
+    n_ssm: int | None = None  # independent copies of (Λ, P, B), tied across the channels (S4's n_ssm); None: H
     init: Literal["legs", "legt", "lagt", "fout"] = "legs"  # HiPPO measure of the DPLR init
     disc: Literal["bilinear", "zoh"] = "bilinear"
     l_max: int = 1024  # kernel length C̃ refers to (longer inputs double it)
@@ -104,6 +105,8 @@ class S4Config:
             raise ValueError(f"d_state must be an even integer >= 2 (conjugate pairs), got {self.d_state}")
         if self.channels < 1:
             raise ValueError(f"channels must be >= 1, got {self.channels}")
+        if self.n_ssm is not None and (self.n_ssm < 1 or self.d_model % self.n_ssm):
+            raise ValueError(f"n_ssm={self.n_ssm} must be a positive divisor of d_model={self.d_model} (or None: one per channel)")
         if self.l_max < 1:
             raise ValueError(f"l_max must be >= 1, got {self.l_max}")
         if not 0 < self.dt_min <= self.dt_max:
@@ -182,22 +185,24 @@ class S4(SequenceLayer):
         {"d_state": 16, "l_max": 16, "output": "linear"},  # L > l_max: the C̃-doubling path
         {"init": "fout", "d_state": 16},
         {"init": "lagt", "bidirectional": True, "channels": 2, "d_state": 16},
+        {"d_state": 8, "n_ssm": 1},  # (Λ, P, B) tied across channels, as S4's LRA configs
     )
 
     def __init__(self, config: S4Config):
         super().__init__(config)
         H, N, M = config.d_model, config.d_state, config.d_state // 2
+        S = config.n_ssm or H  # (Λ, P, B) copies; channel h uses copy h mod S (S4's repeat '(v t)')
         dp = hippo.dplr(config.init, N)
         lam = torch.from_numpy(dp.Lambda)
         real = (-lam.real).clamp(min=_MIN_REAL)
         log_dt = torch.rand(H, dtype=torch.float64) * (math.log(config.dt_max) - math.log(config.dt_min))
         self.log_dt = nn.Parameter((log_dt + math.log(config.dt_min)).float())
-        self.log_A_real = nn.Parameter(torch.log(real).expand(H, M).float().clone())
-        self.A_imag = nn.Parameter(lam.imag.expand(H, M).float().clone())
+        self.log_A_real = nn.Parameter(torch.log(real).expand(S, M).float().clone())
+        self.A_imag = nn.Parameter(lam.imag.expand(S, M).float().clone())
         # complex parameters are stored as real pairs (..., 2) so the module stays real-typed
-        P = torch.from_numpy(dp.P)[:, None, :].expand(-1, H, -1)  # (r, H, M)
+        P = torch.from_numpy(dp.P)[:, None, :].expand(-1, S, -1)  # (r, S, M)
         self.P = nn.Parameter(torch.view_as_real(P.to(torch.complex64)).clone())
-        self.B = nn.Parameter(torch.view_as_real(torch.from_numpy(dp.B).expand(H, M).to(torch.complex64)).clone())
+        self.B = nn.Parameter(torch.view_as_real(torch.from_numpy(dp.B).expand(S, M).to(torch.complex64)).clone())
         rows = config.channels * (2 if config.bidirectional else 1)
         self.C = nn.Parameter(torch.view_as_real(torch.randn(rows, H, M, dtype=torch.complex64)).clone())  # C̃
         self.D = nn.Parameter(torch.randn(config.channels, H))
@@ -211,11 +216,12 @@ class S4(SequenceLayer):
         """(Δ (H,), Λ (H, M), P (r, H, M), B (H, M), C̃ (rows, H, M)) in the complex dtype
         matching ``dtype``, in at least fp32 (autocast off)."""
         rdtype, cdtype = _dtypes(dtype)
+        v = self.d_model // self.log_A_real.shape[0]  # channels per (Λ, P, B) copy (n_ssm)
         with no_autocast(self.D.device):
             dt = torch.exp(self.log_dt.to(rdtype))
-            lam = torch.complex(-torch.exp(self.log_A_real.to(rdtype)), self.A_imag.to(rdtype))
-            P = torch.view_as_complex(self.P.to(rdtype).contiguous())
-            B = torch.view_as_complex(self.B.to(rdtype).contiguous())
+            lam = torch.complex(-torch.exp(self.log_A_real.to(rdtype)), self.A_imag.to(rdtype)).repeat(v, 1)
+            P = torch.view_as_complex(self.P.to(rdtype).contiguous()).repeat(1, v, 1)
+            B = torch.view_as_complex(self.B.to(rdtype).contiguous()).repeat(v, 1)
             C = torch.view_as_complex(self.C.to(rdtype).contiguous())
         return dt, lam.to(cdtype), P, B, C
 

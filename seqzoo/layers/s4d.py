@@ -54,6 +54,7 @@ class S4DConfig:
     d_model: int
     d_state: int = 64  # N: real state size; N/2 complex modes (conjugate pairs)
     init: Literal["lin", "inv", "legs", "real"] = "lin"
+    n_ssm: int | None = None  # independent copies of A, tied across the channels (S4's n_ssm); None: H
     disc: Literal["zoh", "bilinear"] = "zoh"
     dt_min: float = 1e-3
     dt_max: float = 1e-1
@@ -71,6 +72,8 @@ class S4DConfig:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.n_ssm is not None and (self.n_ssm < 1 or self.d_model % self.n_ssm):
+            raise ValueError(f"n_ssm={self.n_ssm} must be a positive divisor of d_model={self.d_model} (or None: one per channel)")
         if self.bidirectional and self.mode != "fft":
             raise ValueError("bidirectional=True needs mode='fft' (the two-sided kernel); mode='scan' is causal only")
 
@@ -163,6 +166,7 @@ class S4D(SequenceLayer):
         {"init": "legs", "disc": "bilinear"},
         {"init": "real", "disc": "bilinear", "mode": "scan"},
         {"bidirectional": True},
+        {"init": "legs", "n_ssm": 1},  # A tied across channels, as S4's LRA configs
     )
 
     def __init__(self, config: S4DConfig):
@@ -171,7 +175,7 @@ class S4D(SequenceLayer):
         log_dt = torch.rand(H, dtype=torch.float64) * (math.log(config.dt_max) - math.log(config.dt_min)) + math.log(
             config.dt_min
         )
-        real, imag = init_A(config.init, H, N)
+        real, imag = init_A(config.init, config.n_ssm or H, N)  # channel h uses copy h mod n_ssm
         self.log_dt = nn.Parameter(log_dt.float())
         self.log_A_real = nn.Parameter(torch.log(real).float())
         self.A_imag = nn.Parameter(imag.float())
@@ -195,7 +199,8 @@ class S4D(SequenceLayer):
         rdtype, cdtype = _complex(dtype)
         with no_autocast(self.D.device):
             dt = torch.exp(self.log_dt.to(rdtype)).unsqueeze(-1)  # (H, 1)
-            A = torch.complex(-torch.exp(self.log_A_real.to(rdtype)), self.A_imag.to(rdtype))  # (H, M)
+            A = torch.complex(-torch.exp(self.log_A_real.to(rdtype)), self.A_imag.to(rdtype))  # (n_ssm, M)
+            A = A.repeat(self.d_model // A.shape[0], 1)  # (H, M), as S4 repeats "(v t)"
             dtA = (A * dt).to(cdtype)
             if self.config.disc == "zoh":
                 log_A_bar = dtA

@@ -72,7 +72,7 @@ class S5Config:
     bidirectional: bool = False
     lr: float | None = 1e-3  # learning-rate hint for Λ, B̃ and Δ (None: the global one)
     activation: Literal["gelu", "silu", "identity"] = "gelu"
-    output: Literal["glu", "linear", "identity"] = "glu"
+    output: Literal["glu", "linear", "identity", "half_glu1", "half_glu2"] = "glu"  # half_glu*: S5's own
     dropout: float = 0.0
 
     def __post_init__(self):
@@ -120,6 +120,7 @@ class S5(SequenceLayer):
         {"d_state": 16, "blocks": 2, "dt_per_state": False, "discretization": "bilinear"},
         {"d_state": 8, "conj_sym": False, "clip_eigs": True},
         {"d_state": 16, "blocks": 4, "bidirectional": True},
+        {"d_state": 8, "output": "half_glu2"},  # S5's gated output (its ListOps / IMDB runs)
     )
 
     def __init__(self, config: S5Config):

@@ -1,14 +1,25 @@
 """A full model around any registered mixer: encoder -> N residual blocks -> head.
 
     inputs --(embedding | linear encoder)--> (B, L, D)
-           --[x + mixer(norm(x)); x + mlp(norm(x))] x n_layers--> norm
+           --[residual blocks] x n_layers--> final norm
            --> head: "classify" (pool over real positions, linear to n_classes),
                      "lm" (linear to vocab_size at every position), or "none" (features)
 
-Pre-norm residual blocks as in GPT-2 / Mamba's backbone; the MLP is gated (GLU with
-SiLU, Shazeer 2020, "GLU Variants Improve Transformer", eq. (6)). ``pair=True`` makes a
-two-tower classifier for pair tasks (LRA Retrieval): one shared encoder, features
-[u, v, u*v, u-v] -> MLP -> classes.
+A block is a residual mixer followed by an optional residual MLP, each with its norm:
+
+    pre-norm  (default; GPT-2 / Mamba):  x = x + drop(mixer(norm(x)));  x = x + mlp(norm(x))
+    post-norm (``prenorm=False``; S4 on ListOps and CIFAR):  x = norm(x + drop(mixer(x)))
+
+The MLP is gated (GLU with SiLU, Shazeer 2020, "GLU Variants Improve Transformer", eq. (6));
+``mlp_ratio=0`` leaves it out, which is the S4/S5 block (their mixers end in their own GLU).
+``norm`` is "layernorm", "rmsnorm" or "batchnorm" (statistics over the batch and the real
+positions, :class:`~seqzoo.modules.batch_norm.SequenceBatchNorm`; ``step`` then needs eval
+mode). The final norm is there by default with pre-norm and absent with post-norm (S4's
+backbone); ``final_norm`` sets it explicitly (S5: pre-norm without one). ``tie_dropout``
+draws each dropout mask once per (sequence, channel), shared along the sequence (S4's and
+S5's dropout): the block's residual/MLP dropout and the mixer's own dropout modules.
+``pair=True`` makes a two-tower classifier for pair tasks (LRA Retrieval): one shared
+encoder, features [u, v, u*v, u-v] -> MLP -> classes.
 
 ``frontend`` (optional module) is applied to the raw inputs first, e.g. a VQ tokenizer
 that turns a signal (B, L, C) into token ids (B, L'); it may expose ``downsample`` (an
@@ -25,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqzoo.config import ConfigError, config_from_dict
+from seqzoo.modules.batch_norm import SequenceBatchNorm
+from seqzoo.modules.tied_dropout import TiedDropout, tie_dropouts
 from seqzoo.registry import build as build_layer
 from seqzoo.registry import get_layer
 
@@ -43,9 +56,13 @@ class ModelConfig:
     n_classes: int | None = None
     pool: Literal["mean", "last", "max"] = "mean"
     pair: bool = False  # two-tower pair classification
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm: Literal["layernorm", "rmsnorm", "batchnorm"] = "layernorm"
+    prenorm: bool = True  # norm before the mixer/MLP (residual stream unnormalised) or after the residual sum
+    final_norm: bool | None = None  # norm after the last block (None: with pre-norm only)
+    bn_momentum: float = 0.1  # BatchNorm running statistics: weight of the new batch (PyTorch's convention)
     mlp_ratio: float = 2.0  # hidden size of the gated MLP / d_model; 0 disables the MLP
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the mixer's residual branch and in the MLP
+    tie_dropout: bool = False  # one dropout mask per (sequence, channel), also for the mixer's dropout modules
 
     def __post_init__(self):
         if (self.vocab_size is None) == (self.d_input is None):
@@ -67,19 +84,36 @@ class ModelConfig:
             raise ValueError(f"n_layers and d_model must be positive, got {self.n_layers} and {self.d_model}")
         if self.mlp_ratio < 0 or not 0 <= self.dropout < 1:
             raise ValueError(f"mlp_ratio must be >= 0 (0 disables the MLP) and dropout in [0, 1), got {self.mlp_ratio}, {self.dropout}")
+        if not 0 < self.bn_momentum <= 1:
+            raise ValueError(f"bn_momentum must lie in (0, 1] (the weight of the new batch), got {self.bn_momentum}")
+
+    @property
+    def has_final_norm(self) -> bool:
+        return self.prenorm if self.final_norm is None else self.final_norm
 
 
-def _norm(kind: str, d: int) -> nn.Module:
-    return nn.LayerNorm(d) if kind == "layernorm" else nn.RMSNorm(d)
+def _norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "batchnorm":
+        return SequenceBatchNorm(cfg.d_model, momentum=cfg.bn_momentum)
+    return nn.LayerNorm(cfg.d_model) if cfg.norm == "layernorm" else nn.RMSNorm(cfg.d_model)
+
+
+def _apply_norm(norm: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
+    """x (B, L, D) or one step (B, D); only BatchNorm needs ``lengths`` (its statistics)."""
+    return norm(x, lengths) if isinstance(norm, SequenceBatchNorm) else norm(x)
+
+
+def _dropout(p: float, tied: bool) -> nn.Module:
+    return TiedDropout(p) if tied else nn.Dropout(p)
 
 
 class GatedMLP(nn.Module):
-    def __init__(self, d: int, ratio: float, dropout: float):
+    def __init__(self, d: int, ratio: float, dropout: float, tied: bool = False):
         super().__init__()
         hidden = max(1, int(round(d * ratio)))
         self.fc = nn.Linear(d, 2 * hidden)
         self.proj = nn.Linear(hidden, d)
-        self.drop = nn.Dropout(dropout)
+        self.drop = _dropout(dropout, tied)
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.fc(x).chunk(2, dim=-1)
@@ -87,26 +121,36 @@ class GatedMLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Residual mixer (+ residual MLP): pre-norm or post-norm (module docstring)."""
+
     def __init__(self, mixer: nn.Module, cfg: ModelConfig):
         super().__init__()
-        self.norm1 = _norm(cfg.norm, cfg.d_model)
-        self.mixer = mixer
-        self.drop = nn.Dropout(cfg.dropout)
-        self.mlp = GatedMLP(cfg.d_model, cfg.mlp_ratio, cfg.dropout) if cfg.mlp_ratio > 0 else None
-        self.norm2 = _norm(cfg.norm, cfg.d_model) if self.mlp is not None else None
+        self.prenorm = cfg.prenorm
+        self.norm1 = _norm(cfg)
+        self.mixer = tie_dropouts(mixer) if cfg.tie_dropout else mixer
+        self.drop = _dropout(cfg.dropout, cfg.tie_dropout)
+        self.mlp = GatedMLP(cfg.d_model, cfg.mlp_ratio, cfg.dropout, cfg.tie_dropout) if cfg.mlp_ratio > 0 else None
+        self.norm2 = _norm(cfg) if self.mlp is not None else None
+
+    # pre-norm: x + f(norm(x)); post-norm: norm(x + f(x))
+    def _pre(self, norm: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
+        return _apply_norm(norm, x, lengths) if self.prenorm else x
+
+    def _post(self, norm: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
+        return x if self.prenorm else _apply_norm(norm, x, lengths)
 
     def forward(self, x, state=None, lengths=None, return_state=True):
-        y, state = self.mixer(self.norm1(x), state, lengths=lengths, return_state=return_state)
-        x = x + self.drop(y)
+        y, state = self.mixer(self._pre(self.norm1, x, lengths), state, lengths=lengths, return_state=return_state)
+        x = self._post(self.norm1, x + self.drop(y), lengths)
         if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
+            x = self._post(self.norm2, x + self.mlp(self._pre(self.norm2, x, lengths)), lengths)
         return x, state
 
     def step(self, x_t, state):
-        y, state = self.mixer.step(self.norm1(x_t), state)
-        x_t = x_t + self.drop(y)
+        y, state = self.mixer.step(self._pre(self.norm1, x_t, None), state)
+        x_t = self._post(self.norm1, x_t + self.drop(y), None)
         if self.mlp is not None:
-            x_t = x_t + self.mlp(self.norm2(x_t))
+            x_t = self._post(self.norm2, x_t + self.mlp(self._pre(self.norm2, x_t, None)), None)
         return x_t, state
 
 
@@ -123,7 +167,7 @@ class SequenceModel(nn.Module):
         self.blocks = nn.ModuleList(
             Block(build_layer(cfg.layer, d_model=D, **cfg.layer_options), cfg) for _ in range(cfg.n_layers)
         )
-        self.norm_f = _norm(cfg.norm, D)
+        self.norm_f = _norm(cfg) if cfg.has_final_norm else nn.Identity()
         if cfg.head == "classify":
             if cfg.pair:
                 self.head = nn.Sequential(nn.Linear(4 * D, D), nn.GELU(), nn.Linear(D, cfg.n_classes))
@@ -171,7 +215,7 @@ class SequenceModel(nn.Module):
         for i, block in enumerate(self.blocks):
             x, s = block(x, None if state is None else state[i], lengths, return_state)
             states.append(s)
-        return self.norm_f(x), (tuple(states) if return_state else None), lengths
+        return _apply_norm(self.norm_f, x, lengths), (tuple(states) if return_state else None), lengths
 
     def _pool(self, x: Tensor, lengths: Tensor | None) -> Tensor:
         B, L, D = x.shape
@@ -220,7 +264,7 @@ class SequenceModel(nn.Module):
         for block, s in zip(self.blocks, state):
             x, s = block.step(x, s)
             new.append(s)
-        x = self.norm_f(x)
+        x = _apply_norm(self.norm_f, x, None)
         return (self.head(x) if self.head is not None else x), tuple(new)
 
 

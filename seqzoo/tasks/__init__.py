@@ -35,7 +35,7 @@ Conventions (the same for every task, so a training loop needs no task-specific 
 The tasks, their constructions and what they measure are described in ``docs/tasks.md``.
 """
 
-from seqzoo.tasks._base import Collate, TaskDataset, TaskInfo
+from seqzoo.tasks._base import EOS, Collate, TaskDataset, TaskInfo
 from seqzoo.tasks._cache import CacheWarning, data_root
 from seqzoo.tasks._registry import (
     build,
@@ -49,6 +49,7 @@ from seqzoo.tasks._registry import (
 __all__ = [
     "CacheWarning",
     "Collate",
+    "EOS",
     "TaskDataset",
     "TaskInfo",
     "build",

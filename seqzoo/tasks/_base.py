@@ -26,11 +26,12 @@ from seqzoo.tasks import _cache
 from seqzoo.tasks._cache import data_root, load_or_generate
 
 __all__ = ["SPLITS", "TaskInfo", "Collate", "TaskDataset", "CachedTask", "SyntheticTask", "sample_rng", "pool_images",
-           "check_pool"]
+           "check_pool", "EOS", "append_eos"]
 
 SPLITS = ("train", "val", "test")
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}  # mixed into seeds: splits never share a stream
 IGNORE_INDEX = -100  # label of positions that are not scored (sequence targets), as in F.cross_entropy
+EOS = "<eos>"  # the token ``append_eos`` adds, with the id after the task's own vocabulary
 
 
 def sample_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
@@ -167,6 +168,8 @@ class TaskDataset(Dataset):
         self.split = split
         self.size = self.default_sizes.get(split) if size is None else size
         self.info = self.make_info(config, split)
+        if getattr(config, "append_eos", False):
+            self.vocab = [*type(self).vocab, EOS]
         self.pad_to: int | None = None  # set to info.seq_len to pad every batch to the full length (as LRA does)
         self._root = root
         self._workers = workers
@@ -194,12 +197,14 @@ class CachedTask(TaskDataset):
     # Options added after a task shipped: left out of the cache key while at their default,
     # so existing caches stay valid (the data at the default are what they were).
     key_omit_defaults: ClassVar[tuple[str, ...]] = ("pool", "side")
+    # Options applied when an item is read, not when the data are generated: never in the key.
+    read_options: ClassVar[tuple[str, ...]] = ("append_eos",)
 
     def __init__(self, config, split, size, *, root=None, workers=None, progress=True, mmap=True):
         super().__init__(config, split, size, root=root, workers=workers, progress=progress)
         defaults = {f.name: f.default for f in dataclasses.fields(config)}
         config_key = {k: v for k, v in dataclasses.asdict(config).items()
-                      if not (k in self.key_omit_defaults and v == defaults.get(k))}
+                      if k not in self.read_options and not (k in self.key_omit_defaults and v == defaults.get(k))}
         key = {
             "task": self.task_name,
             "version": self.version,
@@ -269,6 +274,13 @@ class SyntheticTask(TaskDataset):
 
     def sample(self, rng: np.random.Generator, split: str):  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def append_eos(ids: Tensor, eos_id: int, seq_len: int) -> Tensor:
+    """ids (L,) -> (min(L, seq_len - 1) + 1,): the end-of-sequence token appended, the
+    sequence first cut to seq_len - 1 so it still fits (S4's LRA loaders: ``l_max -
+    append_eos`` tokens, then ``<eos>``)."""
+    return torch.cat([ids[: seq_len - 1], ids.new_full((1,), eos_id)])
 
 
 def _check_index(index, n: int, where) -> int:

@@ -19,6 +19,8 @@ A sample is a random expression tree printed in prefix form, e.g.
 
 Tokens: 15 symbols plus padding, ``vocab = ["<pad>", "0", ..., "9", "[MIN", "[MAX",
 "[MED", "[SM", "]"]``; 10 classes; inputs are padded to 2048 (``info.seq_len``).
+``append_eos=True`` ends every expression with a 17th token ``"<eos>"`` (S4's ListOps loader
+appends one; read-time only, the cached data are the same).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from seqzoo.tasks._base import CachedTask, TaskInfo
+from seqzoo.tasks._base import CachedTask, TaskInfo, append_eos
 from seqzoo.tasks._parallel import run_shards
 from seqzoo.tasks._registry import register_task
 
@@ -184,12 +186,15 @@ class ListOpsConfig:
     max_depth: int = 10
     max_args: int = 10
     seq_len: int = 2048  # length inputs are padded to (LRA: 2048)
+    append_eos: bool = False  # end every expression with "<eos>" (id 16), as S4's loader does
 
     def __post_init__(self):
         if not 0 <= self.min_length < self.max_length - 1:
             raise ValueError(f"need 0 <= min_length < max_length - 1, got {self.min_length}, {self.max_length}")
-        if self.max_length - 1 > self.seq_len:
-            raise ValueError(f"seq_len={self.seq_len} must be >= max_length - 1 = {self.max_length - 1}")
+        longest = self.max_length - 1 + self.append_eos
+        if longest > self.seq_len:
+            raise ValueError(f"seq_len={self.seq_len} must be >= {longest}, the longest expression"
+                             + (" plus <eos>" if self.append_eos else ""))
         if self.max_depth < 2 or self.max_args < 2:
             raise ValueError("max_depth and max_args must be >= 2")
 
@@ -205,7 +210,8 @@ class ListOps(CachedTask):
     @classmethod
     def make_info(cls, config: ListOpsConfig, split: str) -> TaskInfo:
         return TaskInfo(
-            name="listops", inputs="tokens", vocab_size=len(VOCAB), n_classes=10, seq_len=config.seq_len,
+            name="listops", inputs="tokens", vocab_size=len(VOCAB) + config.append_eos, n_classes=10,
+            seq_len=config.seq_len,
             target="class", metric="accuracy", pad_id=PAD,
             description="value (0-9) of a nested MIN/MAX/MED/SM expression in prefix form",
         )
@@ -248,4 +254,6 @@ class ListOps(CachedTask):
     def item(self, index: int):
         o = self.arrays["offsets"]
         ids = torch.from_numpy(np.asarray(self.arrays["tokens"][o[index]: o[index + 1]], dtype=np.int64))
+        if self.config.append_eos:
+            ids = append_eos(ids, len(VOCAB), self.info.seq_len)
         return ids, int(self.arrays["labels"][index])

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from seqzoo.tasks import _stdlib
-from seqzoo.tasks._base import SPLIT_CODE, CachedTask, TaskInfo
+from seqzoo.tasks._base import SPLIT_CODE, CachedTask, TaskInfo, append_eos
 from seqzoo.tasks._registry import register_task
 
 __all__ = ["RetrievalConfig", "Retrieval"]
@@ -42,6 +42,7 @@ class RetrievalConfig:
     doc_len: int = 4000  # bytes per document (LRA: 4,000)
     hard_negatives: float = 1.0  # probability that a negative pair comes from one package
     source: str | None = None  # folder of .py files (None: this Python's standard library)
+    append_eos: bool = False  # end every document with "<eos>" (cut to doc_len - 1 bytes first), as S4's AAN loader
 
     def __post_init__(self):
         if self.doc_len < 1:
@@ -60,7 +61,8 @@ class Retrieval(CachedTask):
 
     @classmethod
     def make_info(cls, config: RetrievalConfig, split: str) -> TaskInfo:
-        return TaskInfo(name="retrieval", inputs="tokens", vocab_size=len(_stdlib.BYTE_VOCAB), n_classes=2,
+        return TaskInfo(name="retrieval", inputs="tokens", vocab_size=len(_stdlib.BYTE_VOCAB) + config.append_eos,
+                        n_classes=2,
                         seq_len=config.doc_len, target="class", metric="accuracy", is_pair=True, pad_id=0,
                         description="do two 4,000-byte windows of Python source come from one file? (AAN substitute)")
 
@@ -124,8 +126,13 @@ class Retrieval(CachedTask):
     def item(self, index: int):
         a, b = self.arrays["pairs"][index]
         w = self.arrays["windows"]
-        to_ids = lambda i: torch.from_numpy(np.asarray(w[i], dtype=np.int64)) + 1  # noqa: E731
-        return (to_ids(a), to_ids(b)), int(self.arrays["labels"][index])
+        return (self._ids(w[a]), self._ids(w[b])), int(self.arrays["labels"][index])
+
+    def _ids(self, window) -> torch.Tensor:
+        ids = torch.from_numpy(np.asarray(window, dtype=np.int64)) + 1
+        if self.config.append_eos:
+            ids = append_eos(ids, len(_stdlib.BYTE_VOCAB), self.info.seq_len)
+        return ids
 
     def sources_of(self, index: int) -> tuple[str, str]:
         """Relative paths of the two files of pair ``index``."""

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from seqzoo.tasks import _stdlib
-from seqzoo.tasks._base import SPLIT_CODE, CachedTask, TaskInfo
+from seqzoo.tasks._base import SPLIT_CODE, CachedTask, TaskInfo, append_eos
 from seqzoo.tasks._registry import register_task
 
 __all__ = ["TextConfig", "Text"]
@@ -41,6 +41,7 @@ class TextConfig:
     min_len: int = 256  # shorter last pieces of a file are dropped
     balance: bool = True  # subsample the larger class to 50/50 in each split
     source: str | None = None  # folder of .py files (None: this Python's standard library)
+    append_eos: bool = False  # end every document with "<eos>" (cut to max_len - 1 bytes first), as S4's IMDB loader
 
     def __post_init__(self):
         if not 1 <= self.min_len <= self.max_len:
@@ -61,7 +62,7 @@ class Text(CachedTask):
 
     @classmethod
     def make_info(cls, config: TextConfig, split: str) -> TaskInfo:
-        return TaskInfo(name="text", inputs="tokens", vocab_size=len(_stdlib.BYTE_VOCAB), n_classes=2,
+        return TaskInfo(name="text", inputs="tokens", vocab_size=len(_stdlib.BYTE_VOCAB) + config.append_eos, n_classes=2,
                         seq_len=config.max_len, target="class", metric="accuracy", pad_id=0,
                         description="is this window of Python source from a test suite? (bytes; IMDB substitute)")
 
@@ -109,6 +110,8 @@ class Text(CachedTask):
     def item(self, index: int):
         o = self.arrays["offsets"]
         ids = torch.from_numpy(np.asarray(self.arrays["bytes"][o[index]: o[index + 1]], dtype=np.int64)) + 1
+        if self.config.append_eos:
+            ids = append_eos(ids, len(_stdlib.BYTE_VOCAB), self.info.seq_len)
         return ids, int(self.arrays["labels"][index])
 
     def source_of(self, index: int) -> str:

@@ -3,10 +3,15 @@
 A run is composed, lowest priority first, from
 
 1. the defaults of :class:`RunConfig`,
-2. ``configs/lra/<task>.yaml`` (the task's full-size settings: S4's published LRA
-   hyper-parameters where they exist),
-3. a preset (``configs/presets/<preset>/defaults.yaml``, then ``<preset>/<task>.yaml``),
-4. overrides ``key=value`` from the command line (``task.<key>=`` and ``layer.<key>=``
+2. ``configs/lra/<task>.yaml`` (the task's full-size settings: the *common recipe*, which
+   borrows S4's published LRA hyper-parameters where they exist),
+3. with the full preset, the layer's *recipe*: ``configs/recipes/<recipe>/<task>.yaml``,
+   where ``configs/recipes/layers.yaml`` names each layer's recipe (s4 and s4d: S4's own
+   configs; rtf: RTF's; s5: S5's run scripts; other layers: none, the common recipe).
+   ``recipe=<name>`` among the overrides picks another one (``recipe=common``: none);
+4. a preset other than "full" (``configs/presets/<preset>/defaults.yaml``, then
+   ``<preset>/<task>.yaml``),
+5. overrides ``key=value`` from the command line (``task.<key>=`` and ``layer.<key>=``
    go into ``task_options`` / ``layer_options``).
 
 The layer's own options come from ``configs/layers/<layer>.yaml`` (its ``d_model`` is
@@ -29,12 +34,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from seqzoo.config import ConfigError, config_fields, config_from_dict, load_yaml, parse_override
+from seqzoo.config import (
+    ConfigError,
+    closest_hint,
+    config_fields,
+    config_from_dict,
+    load_yaml,
+    parse_override,
+)
 from seqzoo.models.backbone import ModelConfig
 from seqzoo.registry import get_layer
 from seqzoo.registry import make_config as make_layer_config
 
-__all__ = ["RunConfig", "Plan", "configs_dir", "compose", "resolve", "apply_overrides", "list_presets"]
+__all__ = ["RunConfig", "Plan", "configs_dir", "compose", "resolve", "apply_overrides", "list_presets", "list_recipes",
+           "recipe_of"]
 
 
 @dataclass
@@ -55,11 +68,15 @@ class RunConfig:
     # folder of a trained seqzoo.quant.Tokenizer: real-valued inputs go through it (ids in the model)
     tokenizer: str | None = None
 
-    # model (seqzoo.build_model)
+    # model (seqzoo.build_model; see seqzoo.models.backbone for the block options)
     d_model: int = 128
     n_layers: int = 4
     dropout: float = 0.0
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm: Literal["layernorm", "rmsnorm", "batchnorm"] = "layernorm"
+    prenorm: bool = True
+    final_norm: bool | None = None  # None: a final norm with pre-norm, none with post-norm
+    bn_momentum: float = 0.1
+    tie_dropout: bool = False
     pool: Literal["mean", "last", "max"] = "mean"
     mlp_ratio: float = 2.0
 
@@ -80,6 +97,9 @@ class RunConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0  # max global gradient norm (0: off)
+    # parameter-name glob -> {lr, weight_decay} (null: the run's lr / weight_decay), applied in
+    # order after the layers' own hints (e.g. {"blocks.*.mixer.log_dt": {lr: null}})
+    param_overrides: dict = field(default_factory=dict)
     # a step whose loss or gradients are NaN/inf: stop with an error naming the step and the
     # first such parameter (the newest checkpoint stays the last good one), or skip its update
     on_nonfinite: Literal["stop", "skip"] = "stop"
@@ -93,6 +113,10 @@ class RunConfig:
     keep_checkpoints: int = 2
     log_every: int = 50
     seed: int = 0
+
+    # provenance, set by compose: the recipe (configs/recipes/<recipe>/, or "common") and its source
+    recipe: str = "common"
+    recipe_source: str = ""
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "d_model", "n_layers", "keep_checkpoints", "log_every"):
@@ -114,6 +138,15 @@ class RunConfig:
         for name, opts in self.per_layer.items():
             if not isinstance(opts, dict):
                 raise ValueError(f"per_layer.{name} must be a mapping of layer options, got {opts!r}")
+        if not 0 < self.bn_momentum <= 1:
+            raise ValueError(f"bn_momentum must lie in (0, 1], got {self.bn_momentum}")
+        for pattern, opts in self.param_overrides.items():
+            bad = [k for k in (opts if isinstance(opts, dict) else {}) if k not in ("lr", "weight_decay")]
+            if not isinstance(opts, dict) or bad or not all(
+                    v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0)
+                    for v in opts.values()):
+                raise ValueError(f"param_overrides.{pattern} must map lr and/or weight_decay to a number >= 0 or "
+                                 f"null (the run's value), got {opts!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,7 +168,20 @@ def list_presets() -> list[str]:
     return ["full", *sorted(p.name for p in root.iterdir() if p.is_dir())] if root.is_dir() else ["full"]
 
 
-_DICT_KEYS = ("task_options", "layer_options", "layer_defaults", "per_layer")
+def list_recipes() -> list[str]:
+    """"common" and the folders of ``configs/recipes/``."""
+    root = configs_dir() / "recipes"
+    return ["common", *sorted(p.name for p in root.iterdir() if p.is_dir())] if root.is_dir() else ["common"]
+
+
+def recipe_of(layer: str) -> str:
+    """The recipe ``layer`` runs under the full preset (``configs/recipes/layers.yaml``;
+    "common" for the layers it does not name)."""
+    path = configs_dir() / "recipes" / "layers.yaml"
+    return str(load_yaml(path).get(layer, "common")) if path.is_file() else "common"
+
+
+_DICT_KEYS = ("task_options", "layer_options", "layer_defaults", "per_layer", "param_overrides")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any], where: str) -> dict[str, Any]:
@@ -174,8 +220,9 @@ def compose(task: str, layer: str | None = None, preset: str = "full",
             overrides: list[str] | tuple[str, ...] = (), config: str | Path | None = None) -> RunConfig:
     """The validated :class:`RunConfig` of ``layer`` x ``task`` under ``preset``.
 
-    ``config``: a YAML file used instead of ``configs/lra/<task>.yaml``. ``preset``: "full"
-    (the task file as is) or a folder under ``configs/presets/``."""
+    ``config``: a YAML file used instead of ``configs/lra/<task>.yaml`` (and of the layer's
+    recipe, unless ``recipe=<name>`` asks for one). ``preset``: "full" (the task file, then
+    the layer's recipe) or a folder under ``configs/presets/``."""
     from seqzoo.tasks import get_task
 
     get_task(task)  # unknown task -> the registered ones
@@ -187,7 +234,19 @@ def compose(task: str, layer: str | None = None, preset: str = "full",
         if data.get("task", task) != task:
             raise ConfigError(f"{path}: task {data['task']!r} does not match the requested task {task!r}")
         options = _merge(options, data, str(path))
-    if preset != "full":
+    asked = apply_overrides({}, overrides)  # the layer and recipe the command line asks for
+    if layer is None:
+        layer = asked.get("layer", options.get("layer"))
+    where = str(path) if config is not None else f"configs/lra/{task}.yaml"
+    if preset == "full":
+        recipe = asked.get("recipe", "common" if config is not None else None)  # a config file is the whole run
+        options = _apply_recipe({**options, "recipe_source": f"{where} (seqzoo's common recipe)"}, task,
+                                layer or RunConfig.layer, recipe)
+    else:
+        options["recipe_source"] = f"configs/presets/{preset}/ over {where}"
+        if asked.get("recipe", "common") != "common":
+            raise ConfigError(f"recipe={asked['recipe']}: recipes belong to the full preset; preset {preset!r} "
+                              "sets its own sizes")
         pdir = root / "presets" / preset
         if not pdir.is_dir():
             raise ConfigError(f"unknown preset {preset!r}. Valid presets: {', '.join(list_presets())}")
@@ -196,10 +255,33 @@ def compose(task: str, layer: str | None = None, preset: str = "full",
                 options = _merge(options, load_yaml(f), str(f))
     if layer is not None:
         options["layer"] = layer
-    options = apply_overrides(options, overrides)
+    options = apply_overrides(options, [o for o in overrides if parse_override(o)[0] != "recipe"])
     cfg = config_from_dict(RunConfig, options, context=f"run config ({task})")
     resolve(cfg)  # every remaining check, before any work
     return cfg
+
+
+def _apply_recipe(options: dict[str, Any], task: str, layer: str, asked: str | None) -> dict[str, Any]:
+    """``configs/recipes/<recipe>/<task>.yaml`` over the task file (the full preset). A
+    layer's own recipe that has no file for this task (a task outside LRA) leaves the common
+    recipe; a recipe asked for by name must have one."""
+    name = recipe_of(layer) if asked is None else str(asked)
+    if name not in list_recipes():
+        raise ConfigError(f"unknown recipe {name!r}.{closest_hint(name, list_recipes())} "
+                          f"Valid recipes: {', '.join(list_recipes())}")
+    if name == "common":
+        return options
+    f = configs_dir() / "recipes" / name / f"{task}.yaml"
+    if not f.is_file():
+        if asked is not None:
+            tasks = sorted(p.stem for p in f.parent.glob("*.yaml"))
+            raise ConfigError(f"recipe {name!r} has no settings for task {task!r} (it covers {', '.join(tasks)}); "
+                              "use recipe=common")
+        return options
+    data = load_yaml(f)
+    if "recipe" in data:
+        raise ConfigError(f"{f}: a recipe file must not set 'recipe' (its folder names it)")
+    return {**_merge(options, data, str(f)), "recipe": name}
 
 
 # ---------------------------------------------------------------------------- resolution
@@ -256,7 +338,8 @@ def resolve(cfg: RunConfig) -> Plan:
                           f"{cfg.layer!r} is built with bidirectional=True; set layer.bidirectional=false")
 
     model_opts = dict(layer=cfg.layer, d_model=cfg.d_model, n_layers=cfg.n_layers, dropout=cfg.dropout,
-                      norm=cfg.norm, pool=cfg.pool, mlp_ratio=cfg.mlp_ratio, **info.model_options())
+                      norm=cfg.norm, prenorm=cfg.prenorm, final_norm=cfg.final_norm, bn_momentum=cfg.bn_momentum,
+                      tie_dropout=cfg.tie_dropout, pool=cfg.pool, mlp_ratio=cfg.mlp_ratio, **info.model_options())
     if cfg.tokenizer is not None:
         tok_cfg = _tokenizer_config(cfg.tokenizer)
         if info.inputs != "real":

@@ -15,7 +15,7 @@ What it does, in order:
 4. Model: ``seqzoo.build_model`` (an optional frozen tokenizer front end), AdamW with
    parameter groups: a parameter's ``_optim`` hints (``seqzoo.layer.optim_hint``: lr,
    weight_decay) win; otherwise biases, norms, embeddings and other 1-D parameters get no
-   weight decay. Linear warm-up then cosine decay. bf16 autocast on GPU, fp32 on CPU.
+   weight decay; the run's ``param_overrides`` (parameter-name globs) come last. Linear warm-up then cosine decay. bf16 autocast on GPU, fp32 on CPU.
    Modules that set ``aux_loss`` (a tensor) during the forward add it to the loss.
 5. Checkpoints every ``ckpt_every`` steps and at the end (rank 0; atomic, with a manifest
    of sizes and hashes; see :mod:`seqzoo.train.checkpoint`); a run started again with the
@@ -160,25 +160,44 @@ def build_run_model(plan: Plan) -> nn.Module:
 _NO_DECAY_MODULES = (nn.LayerNorm, nn.RMSNorm, nn.Embedding, nn.GroupNorm, nn.BatchNorm1d)
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, lr: float, weight_decay: float,
+                 overrides: dict[str, dict[str, float | None]] | None = None) -> list[dict[str, Any]]:
     """AdamW groups: a parameter's ``_optim`` hints (lr, weight_decay, ...) win; otherwise
     biases, 1-D parameters and the weights of norms and embeddings get no weight decay.
-    Frozen parameters (a tokenizer front end) are left out. Groups are keyed by their
-    options, in the order parameters first appear (deterministic)."""
+    ``overrides`` (a run's ``param_overrides``: parameter-name glob -> {lr, weight_decay},
+    None standing for the run's ``lr`` / ``weight_decay``) then apply in order, later
+    patterns winning; a pattern that matches no parameter is an error (a typo would
+    otherwise change nothing silently). Frozen parameters (a tokenizer front end) are left
+    out. Groups are keyed by their options, in the order parameters first appear
+    (deterministic)."""
+    from fnmatch import fnmatchcase
+
     no_decay: set[int] = set()
     for module in model.modules():
         if isinstance(module, _NO_DECAY_MODULES):
             no_decay.update(id(p) for p in module.parameters(recurse=False))
+    overrides = overrides or {}
+    run_value = {"lr": lr, "weight_decay": weight_decay}
+    matched = dict.fromkeys(overrides, False)
     groups: dict[tuple, dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         wd = 0.0 if (id(p) in no_decay or p.dim() < 2 or name.endswith(".bias")) else weight_decay
         opts = {"lr": lr, "weight_decay": wd, **getattr(p, "_optim", {})}
+        for pattern, values in overrides.items():
+            if fnmatchcase(name, pattern):
+                matched[pattern] = True
+                opts.update({k: run_value[k] if v is None else v for k, v in values.items()})
         key = tuple(sorted(opts.items()))
         groups.setdefault(key, {**opts, "params": [], "names": []})
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
+    unmatched = [k for k, hit in matched.items() if not hit]
+    if unmatched:
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        raise ConfigError(f"param_overrides: {unmatched[0]!r} matches no trainable parameter of this model; "
+                          f"names look like {', '.join(names[:3])}, ... ({len(names)} in all)")
     return list(groups.values())
 
 
@@ -452,7 +471,7 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
     # model and optimiser (the same initial weights on every rank: seeded, then broadcast by DDP)
     torch.manual_seed(cfg.seed)
     model = build_run_model(plan).to(device)
-    groups = param_groups(model, cfg.lr, cfg.weight_decay)
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.param_overrides)
     n_params = sum(p.numel() for g in groups for p in g["params"])
     opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=cfg.lr,
                             betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)

@@ -32,7 +32,7 @@ from typing import Any
 
 from seqzoo.train.config import RunConfig, compose, resolve
 from seqzoo.train.loop import same_config
-from seqzoo.train.published import LAYER_TO_MODEL, LRA_TASKS, PUBLISHED, SOURCES
+from seqzoo.train.published import LAYER_TO_MODEL, LRA_TASKS, PUBLISHED, ROWS
 
 __all__ = ["Cell", "plan_suite", "run_suite", "results_table", "published_table", "plot_results", "SuiteSummary"]
 
@@ -272,14 +272,15 @@ def results_table(results: list[dict[str, Any]]) -> str:
 
 
 def published_table(results: list[dict[str, Any]]) -> str:
-    """Markdown: ours (test accuracy, %) / published, for the layers and LRA tasks we ran."""
+    """Markdown: ours (test accuracy, %) / published, for the layers and LRA tasks we ran;
+    each published row's paper and table, and the recipe each of our rows ran."""
     from seqzoo.timing import table
 
     ran = [(t, LRA_TASKS[t]) for t in dict.fromkeys(r["task"] for r in results) if t in LRA_TASKS]
     if not ran:
         return ""
     by = {(r["layer"], r["task"]): r for r in results}
-    head = ["layer (published model)", *[f"{col}: `{t}` ({kind})" for t, (col, kind, _) in ran]]
+    head = ["layer (published row)", *[f"{col}: `{t}` ({kind})" for t, (col, kind, _) in ran]]
     rows = []
     for layer in dict.fromkeys(r["layer"] for r in results):
         model = LAYER_TO_MODEL.get(layer)
@@ -289,12 +290,16 @@ def published_table(results: list[dict[str, Any]]) -> str:
             pub = PUBLISHED[model].get(col) if model else None
             pub_s = "" if model is None else (" / FAIL" if pub is None else f" / {pub:.2f}")
             cells.append(ours + pub_s)
-        rows.append((f"{layer}" + (f" ({model})" if model else ""), *cells))
+        recipes = sorted({str((by[(layer, t)].get("config") or {}).get("recipe", "common"))
+                          for t, _ in ran if (layer, t) in by})
+        label = layer + (f" ({model})" if model else "") + (f", recipe {'/'.join(recipes)}" if recipes else "")
+        rows.append((label, *cells))
     notes = [f"- `{t}`: {kind}, {what}." for t, (_, kind, what) in ran]
-    notes += [f"- {m}: {src}." for m, src in SOURCES.items()]
+    notes += [f"- {r.model}: {r.source}. Checked: {r.checked}." for r in ROWS]
     return (table(tuple(head), rows) + "\n\nOurs / published (test accuracy, %). Faithful: generated to LRA's "
             "construction (new samples of the same distribution); substitute: a different data set standing in "
-            "for one we cannot download, so the numbers are not comparable.\n\n" + "\n".join(notes))
+            "for one we cannot download, so the numbers are not comparable. Recipe: the settings our run "
+            "followed (configs/recipes/<recipe>/, or the common one in configs/lra/).\n\n" + "\n".join(notes))
 
 
 def plot_results(results: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:

@@ -13,6 +13,7 @@ from seqzoo.cli import app
 from seqzoo.config import ConfigError
 from seqzoo.train import RunConfig, compose, configs_dir, resolve
 from seqzoo.train.config import apply_overrides
+from seqzoo.train.loop import build_run_model
 
 
 def test_every_task_has_a_full_config_and_every_cell_resolves():
@@ -101,6 +102,35 @@ def test_bad_preset_and_config_file(tmp_path):
         compose("listops", "s4d", config=f)
 
 
+def test_recipes_belong_to_the_full_preset():
+    """A recipe is picked per layer under the full preset, or by name (recipe=...); a bad
+    name, a recipe under another preset, or a recipe without settings for the task is an
+    error that says what to do."""
+    assert compose("listops", "s4", preset="full").recipe == "s4"
+    assert compose("listops", "s4d", preset="full", overrides=["recipe=common"]).recipe == "common"
+    with pytest.raises(ConfigError, match=r"unknown recipe 's44'\. Did you mean 's4'\?.*Valid recipes: common, rtf, "
+                                          r"s4, s5"):
+        compose("listops", "s4", preset="full", overrides=["recipe=s44"])
+    with pytest.raises(ConfigError, match="recipes belong to the full preset"):
+        compose("listops", "s4", preset="quick", overrides=["recipe=s4"])
+    with pytest.raises(ConfigError, match="recipe 's4' has no settings for task 'adding'.*use recipe=common"):
+        compose("adding", "s4", preset="full", overrides=["recipe=s4"])
+    with pytest.raises(ConfigError, match="layer 'mamba': unknown option"):
+        compose("listops", "mamba", preset="full", overrides=["recipe=s4"])  # S4's recipe needs an S4 layer
+
+
+def test_quick_preset_keeps_the_common_block():
+    """The quick preset is untouched by the recipes: every cell keeps seqzoo's pre-norm
+    LayerNorm block with its gated MLP, no optimiser overrides, no EOS."""
+    for task in seqzoo.tasks.list_tasks():
+        for layer in seqzoo.list_layers():
+            c = compose(task, layer, preset="quick")
+            assert (c.recipe, c.norm, c.prenorm, c.final_norm, c.mlp_ratio, c.tie_dropout, c.bn_momentum) == (
+                "common", "layernorm", True, None, 2.0, False, 0.1)
+            assert c.param_overrides == {} and "append_eos" not in c.task_options
+            assert c.recipe_source == f"configs/presets/quick/ over configs/lra/{task}.yaml"
+
+
 def test_cli_rejects_bad_configs_before_work(tmp_path, data_root):
     """`seqzoo train` and `seqzoo bench lra` exit with code 2 and the message; no run
     folder and no data appear."""
@@ -124,6 +154,8 @@ def test_run_config_checks_values():
         RunConfig(task="adding", dropout=1.0)
     with pytest.raises(ValueError, match="per_layer.s4d must be a mapping"):
         RunConfig(task="adding", per_layer={"s4d": 3})
+    with pytest.raises(ValueError, match=r"bn_momentum must lie in \(0, 1\]"):
+        RunConfig(task="adding", bn_momentum=0.0)
 
 
 def test_cli_list_shows_layers_and_tasks():
@@ -138,8 +170,8 @@ def test_cli_train_dry_run_builds_the_model():
     r = CliRunner().invoke(app, ["train", "--task", "listops", "--layer", "s4d", "--dry-run", "d_model=16",
                                  "n_layers=1"])
     assert r.exit_code == 0, r.output
-    model = seqzoo.build_model("s4d", d_model=16, n_layers=1, vocab_size=16, n_classes=10,
-                               layer_options=resolve(compose("listops", "s4d", overrides=["d_model=16", "n_layers=1"])).layer_options)
+    model = build_run_model(resolve(compose("listops", "s4d", overrides=["d_model=16", "n_layers=1"])))
     n = sum(p.numel() for p in model.parameters())
     assert f"{n:,} parameters" in r.output and "train L=2048" in r.output
+    assert "recipe s4: state-spaces/s4@e757cef configs/experiment/lra/s4-listops.yaml" in r.output
     assert torch.get_num_threads() >= 1

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import seqzoo
+from seqzoo.train import RunConfig, compose, resolve, train
 from seqzoo.train import checkpoint as ckpt
-from seqzoo.train import compose, resolve, train
 from seqzoo.train.loop import (
     ResumableSampler,
     _aux_loss,
@@ -40,6 +40,34 @@ def test_param_groups_honour_optim_hints_and_skip_decay():
     assert where["head.bias"] == (0.01, 0.0)  # bias
     assert where["head.weight"] == (0.01, 0.05)  # a matrix: decayed
     assert where["blocks.0.mlp.fc.weight"] == (0.01, 0.05)
+
+
+def test_param_overrides_set_lr_and_weight_decay_by_name():
+    """param_overrides: globs over parameter names, applied after the hints in order (later
+    wins), null standing for the run's value; a pattern that matches nothing is an error."""
+    from seqzoo.config import ConfigError
+
+    model = seqzoo.build_model("s4d", d_model=16, n_layers=2, vocab_size=10, n_classes=3)
+    overrides = {"blocks.*.mixer.log_dt": {"lr": None, "weight_decay": 0.0},  # S4's lr.dt: null
+                 "encoder.*": {"weight_decay": None},
+                 "blocks.1.*": {"lr": 0.5},
+                 "blocks.1.mixer.C": {"lr": None}}
+    groups = param_groups(model, lr=0.01, weight_decay=0.05, overrides=overrides)
+    where = {name: (g["lr"], g["weight_decay"]) for g in groups for name in g["names"]}
+    assert len(where) == sum(1 for _ in model.parameters())
+    assert where["blocks.0.mixer.log_dt"] == (0.01, 0.0)  # the run's lr, no decay
+    assert where["blocks.0.mixer.log_A_real"] == (0.001, 0.0)  # the hint, untouched
+    assert where["encoder.weight"] == (0.01, 0.05)  # decayed like a matrix
+    assert where["blocks.1.mixer.log_dt"] == (0.5, 0.0)  # a later pattern wins
+    assert where["blocks.1.mixer.C"] == (0.01, 0.05)
+    assert where["blocks.1.norm1.weight"] == (0.5, 0.0)  # only the lr was overridden
+    assert where["head.weight"] == (0.01, 0.05)
+    with pytest.raises(ConfigError, match=r"param_overrides: 'blocks.\*.mixer.log_delta' matches no trainable "
+                                          r"parameter.*names look like encoder.weight"):
+        param_groups(model, 0.01, 0.05, {"blocks.*.mixer.log_delta": {"lr": None}})
+    for bad in ({"momentum": 0.9}, {"lr": -1.0}, 0.1, {"lr": True}):
+        with pytest.raises(ValueError, match="param_overrides.x must map lr and/or weight_decay"):
+            RunConfig(task="listops", param_overrides={"x": bad})
 
 
 def test_param_groups_leave_out_frozen_parameters():

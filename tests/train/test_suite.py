@@ -32,7 +32,7 @@ def test_suite_writes_results_table_and_plot(tmp_path, data_root):
     for r in lines:  # every cell's number and verdict is in the table
         assert f"{r['value']:.3f} {'✓' if r['beats_chance'] else '✗'}" in md
     # the published LRA numbers sit beside the full preset's results only, never beside toy sizes
-    assert "published" not in md and "61.29" not in md
+    assert "published" not in md and "59.60" not in md
     pytest.importorskip("matplotlib")
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
@@ -56,9 +56,9 @@ def test_results_tables_format():
     t = results_table(rows)
     assert "| s4 " in t and "0.600 ✓" in t and "0.500 ✗" in t and "| chance " in t and "0.170" in t
     p = published_table(rows)
-    assert "| s4 (S4) " in p and "60.0 / 61.29" in p and "50.0 / 88.25" in p  # ours / published
+    assert "| s4 (S4), recipe common " in p and "60.0 / 59.60" in p and "50.0 / 86.82" in p  # ours / published
     assert "Text: `text` (substitute)" in p and "ListOps: `listops` (faithful)" in p
-    assert "| gau " in p and "40.0" in p and "/ 36.37" not in p.split("| gau ")[1].split("\n")[0]
+    assert "| gau, recipe common " in p and "40.0" in p and "/ 36.37" not in p.split("| gau")[1].split("\n")[0]
 
 
 @pytest.mark.parametrize("task", seqzoo.tasks.list_tasks())
@@ -76,10 +76,17 @@ def test_full_preset_starts(task, tmp_path, data_root):
 
 
 def test_full_dry_run_builds_every_model():
-    r = CliRunner().invoke(app, ["bench", "lra", "--preset", "full", "--dry-run", "--layers", "s4d,s5",
+    r = CliRunner().invoke(app, ["bench", "lra", "--preset", "full", "--dry-run", "--layers", "s4d,s5,mamba",
                                  "--tasks", "listops,pathx"])
     assert r.exit_code == 0, r.output
-    assert "4 runs validated and built" in r.output and "| pathx " in r.output and "16384" in r.output
+    assert "6 runs validated and built" in r.output and "| pathx " in r.output and "16384" in r.output
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in r.output.splitlines()
+            if line.startswith("| ") and not line.startswith("| task")}
+    assert "| s4 " in rows[("listops", "s4d")] and "post-BN, no MLP" in rows[("listops", "s4d")]
+    assert "state-spaces/s4@e757cef configs/experiment/lra/s4-listops.yaml" in rows[("listops", "s4d")]
+    assert "lindermanlab/S5@3c18fdb bin/run_experiments/run_lra_pathx.sh" in rows[("pathx", "s5")]
+    assert "| common " in rows[("pathx", "mamba")] and "configs/lra/pathx.yaml (seqzoo's common recipe)" in rows[
+        ("pathx", "mamba")] and "pre-LN, MLP x2" in rows[("pathx", "mamba")]
 
 
 def test_plan_suite_covers_every_layer_and_task():
