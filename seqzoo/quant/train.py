@@ -36,7 +36,7 @@ import typer
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from seqzoo.config import ConfigError, config_from_dict, load_yaml
+from seqzoo.config import ConfigError, config_from_dict, load_yaml, parse_override
 from seqzoo.quant.metrics import code_histogram, masked_mse, perplexity
 from seqzoo.quant.tokenizer import Tokenizer, TokenizerConfig
 from seqzoo.train.loop import lr_lambda
@@ -333,14 +333,16 @@ def evaluate(
 
 
 def train_downstream(task: str, layer: str, tokenizer: str | Path | None, *, steps: int = 300, seed: int = 0,
-                     out: str | Path | None = None, log=print) -> dict[str, Any]:
+                     task_options: dict[str, Any] | None = None, out: str | Path | None = None,
+                     log=print) -> dict[str, Any]:
     """Train ``layer`` on seqzoo task ``task`` (``quick`` preset, ``steps`` steps) on raw
     signals (``tokenizer=None``) or through the frozen tokenizer saved in folder ``tokenizer``;
     return :func:`seqzoo.train.train`'s result (test metric in ``value``).
 
-    The task is built with its default options, as :func:`make_dataset` built the data the
-    tokenizer was trained on (the quick preset's smaller variants, e.g. image pool=4, are
-    not used: the tokenizer expects the signals it was trained on)."""
+    The task is built with ``task_options`` over its defaults, exactly as
+    ``make_dataset(task, **task_options)`` built the data the tokenizer was trained on (the
+    quick preset's own task options, e.g. image pool=4, are replaced: the tokenizer expects
+    the signals it was trained on)."""
     from seqzoo.train import compose, train
 
     check_data_name(task)
@@ -348,17 +350,19 @@ def train_downstream(task: str, layer: str, tokenizer: str | Path | None, *, ste
         raise ConfigError(f"a downstream run needs a labelled seqzoo task (image, shapes, pathfinder, ...), "
                           f"not the tokenizer-only data set {task!r}")
     cfg = compose(task, layer, preset="quick", overrides=[f"steps={steps}", f"seed={seed}"])
-    cfg = dataclasses.replace(cfg, task_options={}, tokenizer=None if tokenizer is None else str(tokenizer))
+    cfg = dataclasses.replace(cfg, task_options=dict(task_options or {}),
+                              tokenizer=None if tokenizer is None else str(tokenizer))
     return train(cfg, out, resume=False, progress=False, log=log)
 
 
 def comparison_table(rows: list[tuple[str, dict]], downstream: dict[str, dict] | None = None,
-                     raw: dict | None = None) -> str:
+                     raw: dict | None = None, data_options: dict[str, Any] | None = None) -> str:
     """The Markdown table of ``compare``: rows (name, train_tokenizer summary); optional
     downstream results per name and on raw signals (seqzoo.train results)."""
     first = rows[0][1]
     t, c = first["test"], first["config"]
-    head = (f"data={first['data']} steps={first['steps']} batch={first['batch_size']} lr={first['lr']} "
+    opts = "".join(f" {k}={v}" for k, v in (data_options or {}).items())
+    head = (f"data={first['data']}{opts} steps={first['steps']} batch={first['batch_size']} lr={first['lr']} "
             f"seed={first['seed']} downsample={c['downsample']} width={c['width']}")
     for _, s in rows:  # the settings of each quantiser family, once
         qc = s["config"]
@@ -398,6 +402,8 @@ def comparison_table(rows: list[tuple[str, dict]], downstream: dict[str, dict] |
 @app.command()
 def compare(
     data: Annotated[str, typer.Option(help=_DATA_HELP, callback=_check_data)] = "digits",
+    data_option: Annotated[list[str] | None, typer.Option(help="KEY=VALUE option of a seqzoo task --data "
+                                                                "(repeatable), e.g. pool=2")] = None,
     quantizers: Annotated[str, typer.Option(help="comma-separated, in table order")] = ",".join(QUANTIZERS),
     steps: Annotated[int, typer.Option()] = 1500,
     batch_size: Annotated[int, typer.Option()] = 32,
@@ -436,7 +442,11 @@ def compare(
         if downstream not in seqzoo.list_layers():
             raise typer.BadParameter(f"unknown layer {downstream!r}; valid: {', '.join(seqzoo.list_layers())}",
                                      param_hint="--downstream")
-    C = int(_signals(make_dataset(data, "test")).shape[-1])
+    try:
+        data_options = dict(parse_override(o) for o in data_option or [])
+        C = int(_signals(make_dataset(data, "test", **data_options)).shape[-1])
+    except (ValueError, TypeError) as e:
+        raise typer.BadParameter(str(e), param_hint="--data-option") from None
     rows = []
     for q in names:
         family = {"fsq": {}, "vq": {"dead_code_steps": dead_code_steps, "kmeans_init": kmeans_init},
@@ -445,7 +455,7 @@ def compare(
                            levels=_parse_levels(levels), width=width, **family)
         typer.echo(f"== {q}")
         _, s = train_tokenizer(cfg, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                               out=out / q, log_every=max(1, steps // 5))
+                               out=out / q, log_every=max(1, steps // 5), data_options=data_options)
         rows.append((q, s))
     results, raw = None, None
     if downstream is not None:
@@ -453,11 +463,11 @@ def compare(
         for q in names:
             typer.echo(f"== {downstream} on {data} through {q}")
             results[q] = train_downstream(data, downstream, out / q, steps=downstream_steps, seed=seed,
-                                          out=out / "downstream" / q)
+                                          task_options=data_options, out=out / "downstream" / q)
         typer.echo(f"== {downstream} on {data}, raw signals")
         raw = train_downstream(data, downstream, None, steps=downstream_steps, seed=seed,
-                               out=out / "downstream" / "raw")
-    table = comparison_table(rows, results, raw)
+                               task_options=data_options, out=out / "downstream" / "raw")
+    table = comparison_table(rows, results, raw, data_options)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")
     typer.echo(table)

@@ -124,22 +124,27 @@ def test_compare_writes_one_table_of_all_five(tmp_path, one_thread):
     assert res.exit_code != 0 and "lfq" in res.output
     res = CliRunner().invoke(app, ["compare", "--data", "waves", "--downstream", "s4d", "--out", str(out)])
     assert res.exit_code != 0 and "labelled seqzoo task" in res.output
+    res = CliRunner().invoke(app, ["compare", "--data", "waves", "--data-option", "pool=2", "--out", str(out)])
+    assert res.exit_code != 0 and "--data-option: data set 'waves' takes no size" in res.output
 
 
 def test_compare_downstream_trains_a_model_through_each_tokenizer(tmp_path, one_thread, monkeypatch):
     pytest.importorskip("sklearn")
     monkeypatch.setenv("SEQZOO_DATA", str(tmp_path / "data"))
     out = tmp_path / "cmp"
-    res = CliRunner().invoke(app, ["compare", "--data", "image", "--quantizers", "fsq,gumbel-hard", "--steps", "2",
-                                   "--batch-size", "4", "--width", "8", "--codebook-size", "16", "--levels", "4,4",
-                                   "--downsample", "16", "--downstream", "s4d", "--downstream-steps", "2",
-                                   "--out", str(out)])
+    res = CliRunner().invoke(app, ["compare", "--data", "image", "--data-option", "pool=4", "--quantizers",
+                                   "fsq,gumbel-hard", "--steps", "2", "--batch-size", "4", "--width", "8",
+                                   "--codebook-size", "16", "--levels", "4,4", "--downsample", "4",
+                                   "--downstream", "s4d", "--downstream-steps", "2", "--out", str(out)])
     assert res.exit_code == 0, res.output
     table = (out / "table.md").read_text()
-    assert "s4d: test accuracy" in table and "raw signals (L=1024)" in table
+    assert "data=image pool=4 steps=2" in table
+    assert "s4d: test accuracy" in table and "raw signals (L=64)" in table
     for q in ("fsq", "gumbel-hard"):
+        assert json.loads((out / q / "summary.json").read_text())["test"]["tokens_per_signal"] == 16  # 8x8 / 4
         result = json.loads((out / "downstream" / q / "result.json").read_text())
-        assert result["tokenizer"] == str(out / q) and result["seq_len"]["train"] == 1024 and result["steps"] == 2
+        assert result["tokenizer"] == str(out / q) and result["steps"] == 2
+        assert result["config"]["task_options"] == {"pool": 4} and result["seq_len"]["train"] == 64
     assert json.loads((out / "downstream" / "raw" / "result.json").read_text())["tokenizer"] is None
 
 
