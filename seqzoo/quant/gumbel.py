@@ -84,8 +84,9 @@ def gumbel_softmax(logits: Tensor, tau: float | Tensor, *, hard: bool = False, g
     if not hard:
         return y
     one_hot = F.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
-    # y + (h - y) is exactly h: 0 where h = 0 (y - y), and 1 where h = 1 because for y in
-    # [0, 1] the rounding error of fl(1 - y) is at most half an ulp of 1 from below.
+    # y + (h - y) is exactly h. Where h = 0 it is y - y = 0. Where h = 1: 1 - y is exact if
+    # y >= 1/2 (Sterbenz), otherwise fl(1 - y) = 1 - y + e with |e| at most half an ulp of
+    # [1/2, 1); then y + fl(1 - y) = 1 + e rounds to 1.
     return y + (one_hot - y).detach()
 
 
