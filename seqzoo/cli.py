@@ -9,7 +9,7 @@
     seqzoo bench modes                     every layer: parallel vs recurrent (difference, time, memory, latency)
     seqzoo bench speed                     time and memory against L for both modes; step latency vs position
     seqzoo demo                            every layer: parallel vs recurrent, max difference and time
-    seqzoo tokenizer ...                   train / evaluate / compare VQ and FSQ tokenizers (seqzoo.quant)
+    seqzoo tokenizer ...                   train / evaluate / compare VQ, FSQ and Gumbel tokenizers (seqzoo.quant)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="seqzoo: sequ
 def _mount_subcommands() -> None:
     from seqzoo.quant.train import app as tokenizer_app
 
-    app.add_typer(tokenizer_app, name="tokenizer", help="Train, evaluate and compare VQ/FSQ tokenizers.")
+    app.add_typer(tokenizer_app, name="tokenizer", help="Train, evaluate and compare VQ/FSQ/Gumbel tokenizers.")
 
 
 _mount_subcommands()

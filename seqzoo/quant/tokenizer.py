@@ -2,8 +2,9 @@
 
 van den Oord et al. (2017), "Neural Discrete Representation Learning" (the VQ-VAE
 encoder -> quantiser -> decoder with a reconstruction loss plus the quantiser's loss,
-eq. 3), with either quantiser of this package: :class:`~seqzoo.quant.vq.VectorQuantizer`
-or :class:`~seqzoo.quant.fsq.FSQ` (Mentzer et al. 2023).
+eq. 3), with any quantiser of this package: :class:`~seqzoo.quant.vq.VectorQuantizer`
+(straight-through or rotation trick), :class:`~seqzoo.quant.fsq.FSQ` (Mentzer et al. 2023)
+or :class:`~seqzoo.quant.gumbel.GumbelQuantizer` (Gumbel-softmax, as DALL-E's dVAE).
 
     tok = Tokenizer(TokenizerConfig(d_input=1, quantizer="fsq", downsample=4))
     recon, info = tok(x)              # x (B, L, C) -> recon (B, L, C); info["loss"] to minimise
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 
 from seqzoo.config import config_from_dict
 from seqzoo.quant.fsq import FSQ
+from seqzoo.quant.gumbel import GumbelQuantizer
 from seqzoo.quant.metrics import masked_mse
 from seqzoo.quant.vq import VectorQuantizer
 
@@ -49,15 +51,16 @@ CONFIG = "config.json"
 @dataclass
 class TokenizerConfig:
     d_input: int = 1  # channels C of the signal (B, L, C)
-    quantizer: Literal["fsq", "vq"] = "fsq"
+    quantizer: Literal["fsq", "vq", "gumbel"] = "fsq"
     downsample: int = 4  # tokens per signal step: L' = ceil(L / downsample)
     width: int = 32  # conv channels
     n_res: int = 1  # residual blocks per resolution
     # FSQ: the latent has len(levels) channels and prod(levels) codes
     levels: tuple[int, ...] = (8, 5, 5, 5)
-    # VQ
+    # VQ and Gumbel
     codebook_size: int = 512
-    d_latent: int = 16  # latent channels fed to the VQ
+    d_latent: int = 16  # latent channels fed to the VQ / Gumbel quantiser
+    # VQ
     codebook_dim: int | None = None  # < d_latent: codes stored in a lower dim with projections
     distance: Literal["euclidean", "cosine"] = "euclidean"
     codebook_update: Literal["ema", "loss"] = "ema"
@@ -66,6 +69,13 @@ class TokenizerConfig:
     kmeans_init: bool = True
     dead_code_steps: int = 100  # 0 disables dead-code restart
     rotation_trick: bool = False
+    # Gumbel: straight-through (one-hot forward) or soft; tau decays exponentially from
+    # tau_start to the floor tau_min over tau_anneal_steps training steps; KL-to-uniform weight
+    gumbel_hard: bool = False
+    tau_start: float = 1.0
+    tau_min: float = 0.0625
+    tau_anneal_steps: int = 1000
+    kl_weight: float = 1e-2
 
     def __post_init__(self):
         if self.d_input < 1 or self.width < 1 or self.n_res < 0:
@@ -74,8 +84,9 @@ class TokenizerConfig:
             raise ValueError(f"downsample must be an integer >= 1, got {self.downsample}")
         if self.quantizer == "fsq" and (not self.levels or any(l < 2 for l in self.levels)):
             raise ValueError(f"FSQ levels must be integers >= 2, got {self.levels}")
-        if self.quantizer == "vq" and (self.codebook_size < 2 or self.d_latent < 1):
-            raise ValueError("VQ needs codebook_size >= 2 and d_latent >= 1")
+        if self.quantizer in ("vq", "gumbel") and (self.codebook_size < 2 or self.d_latent < 1):
+            raise ValueError(f"{self.quantizer} needs codebook_size >= 2 and d_latent >= 1, "
+                             f"got {self.codebook_size}, {self.d_latent}")
 
     @property
     def latent_dim(self) -> int:
@@ -136,6 +147,9 @@ def _decoder(cfg: TokenizerConfig) -> nn.Sequential:
 def _build_quantizer(cfg: TokenizerConfig) -> nn.Module:
     if cfg.quantizer == "fsq":
         return FSQ(cfg.levels)
+    if cfg.quantizer == "gumbel":
+        return GumbelQuantizer(cfg.d_latent, cfg.codebook_size, hard=cfg.gumbel_hard, tau_start=cfg.tau_start,
+                               tau_min=cfg.tau_min, tau_anneal_steps=cfg.tau_anneal_steps, kl_weight=cfg.kl_weight)
     return VectorQuantizer(
         cfg.d_latent, cfg.codebook_size, codebook_dim=cfg.codebook_dim, distance=cfg.distance,
         codebook_update=cfg.codebook_update, decay=cfg.decay, commitment_weight=cfg.commitment_weight,

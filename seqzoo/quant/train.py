@@ -2,8 +2,9 @@
 et al. 2017, eq. 3: reconstruction MSE + the quantiser's loss) on a sequence data set.
 
     python -m seqzoo.quant.train train --quantizer vq-rotation --steps 1500 --out runs/tok
+    python -m seqzoo.quant.train train --quantizer gumbel-hard --steps 1500 --out runs/tok-gumbel
     python -m seqzoo.quant.train evaluate runs/tok --data digits
-    python -m seqzoo.quant.train compare --steps 1500          # FSQ vs VQ vs VQ+rotation
+    python -m seqzoo.quant.train compare --steps 1500          # FSQ, VQ, VQ+rotation, Gumbel soft/hard
 
 ``app`` is a ``typer.Typer`` meant to be mounted as ``seqzoo tokenizer ...``.
 
@@ -22,6 +23,7 @@ Any other name is a real-valued task of :mod:`seqzoo.tasks` (``image``, ``shapes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -34,12 +36,13 @@ import typer
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from seqzoo.config import ConfigError, config_from_dict, load_yaml
+from seqzoo.config import ConfigError, config_from_dict, load_yaml, parse_override
 from seqzoo.quant.metrics import code_histogram, masked_mse, perplexity
 from seqzoo.quant.tokenizer import Tokenizer, TokenizerConfig
 from seqzoo.train.loop import lr_lambda
 
-__all__ = ["DATASETS", "app", "check_data_name", "evaluate_tokenizer", "make_dataset", "train_tokenizer"]
+__all__ = ["DATASETS", "QUANTIZERS", "app", "build_config", "check_data_name", "comparison_table", "evaluate_tokenizer",
+           "make_dataset", "train_downstream", "train_tokenizer"]
 
 DATASETS = ("digits", "digits32", "digits8", "waves")
 
@@ -193,7 +196,8 @@ def train_tokenizer(config: TokenizerConfig, data: str = "digits", *, steps: int
         sched.step()
         if step % log_every == 0 or step == steps - 1:
             row = {"step": step, "time_s": round(time.perf_counter() - t0, 1),
-                   **{k: round(float(info[k].detach()), 5) for k in ("loss", "recon_mse", "perplexity", "usage")}}
+                   **{k: round(float(info[k].detach()), 5) for k in ("loss", "recon_mse", "perplexity", "usage", "tau")
+                      if k in info}}
             history.append(row)
             log(" ".join(f"{k}={v}" for k, v in row.items()))
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
@@ -202,7 +206,8 @@ def train_tokenizer(config: TokenizerConfig, data: str = "digits", *, steps: int
     train_time = time.perf_counter() - t0
     summary = {
         "data": data, "steps": step + 1, "batch_size": batch_size, "lr": lr, "seed": seed,
-        "train_time_s": round(train_time, 1), "train_window_usage": float(tok.quantizer.usage.usage()),
+        "train_time_s": round(train_time, 1), "ms_per_step": round(1000 * train_time / (step + 1), 1),
+        "train_window_usage": float(tok.quantizer.usage.usage()),
         "test": evaluate_tokenizer(tok, test_x.to(device), train_x.to(device)),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
         "history": history,
@@ -216,14 +221,26 @@ def train_tokenizer(config: TokenizerConfig, data: str = "digits", *, steps: int
 
 
 # ---------------------------------------------------------------------- CLI
-app = typer.Typer(help="Train and evaluate VQ / FSQ tokenizers (seqzoo.quant).", no_args_is_help=True,
+app = typer.Typer(help="Train, evaluate and compare VQ / FSQ / Gumbel tokenizers (seqzoo.quant).", no_args_is_help=True,
                   add_completion=False)
+
+
+# The quantizer names of the command line: each is a TokenizerConfig choice.
+QUANTIZERS: dict[str, dict[str, Any]] = {
+    "fsq": {"quantizer": "fsq"},
+    "vq": {"quantizer": "vq", "rotation_trick": False},
+    "vq-rotation": {"quantizer": "vq", "rotation_trick": True},
+    "gumbel": {"quantizer": "gumbel", "gumbel_hard": False},
+    "gumbel-hard": {"quantizer": "gumbel", "gumbel_hard": True},
+}
 
 
 class Quantizer(str, Enum):
     fsq = "fsq"
     vq = "vq"
     vq_rotation = "vq-rotation"
+    gumbel = "gumbel"
+    gumbel_hard = "gumbel-hard"
 
 
 _DATA_HELP = "digits | digits32 | digits8 | waves | a real-valued seqzoo task (image, shapes, pathfinder, ...)"
@@ -248,18 +265,14 @@ def _parse_levels(text: str) -> tuple[int, ...]:
 def build_config(quantizer: str | None = None, *, config: Path | None = None, d_input: int = 1,
                  **overrides: Any) -> TokenizerConfig:
     """TokenizerConfig from (lowest to highest priority) the defaults, a YAML file, the
-    quantizer name (fsq | vq | vq-rotation; None keeps the file's choice) and explicit
+    quantizer name (a key of :data:`QUANTIZERS`; None keeps the file's choice) and explicit
     overrides (None = not given)."""
     options: dict[str, Any] = load_yaml(config) if config is not None else {}
     if quantizer is not None:
         name = quantizer.value if isinstance(quantizer, Enum) else str(quantizer)
-        if name not in ("fsq", "vq", "vq-rotation"):
-            raise ConfigError(f"quantizer {name!r} is not one of 'fsq', 'vq', 'vq-rotation'")
-        options["quantizer"] = "fsq" if name == "fsq" else "vq"
-        if name == "vq-rotation":
-            options["rotation_trick"] = True
-        elif name == "vq":
-            options["rotation_trick"] = False
+        if name not in QUANTIZERS:
+            raise ConfigError(f"quantizer {name!r} is not one of {', '.join(map(repr, QUANTIZERS))}")
+        options.update(QUANTIZERS[name])
     options.setdefault("d_input", d_input)
     options.update({k: v for k, v in overrides.items() if v is not None})
     return config_from_dict(TokenizerConfig, options, context="tokenizer config" + (f" ({config})" if config else ""))
@@ -267,18 +280,21 @@ def build_config(quantizer: str | None = None, *, config: Path | None = None, d_
 
 @app.callback()
 def _main() -> None:
-    """Train and evaluate VQ / FSQ tokenizers."""
+    """Train, evaluate and compare VQ / FSQ / Gumbel tokenizers."""
 
 
 @app.command()
 def train(
     quantizer: Annotated[Quantizer | None,
-                         typer.Option(help="fsq | vq | vq-rotation [default: fsq, or the --config file's]")] = None,
+                         typer.Option(help="fsq | vq | vq-rotation | gumbel | gumbel-hard "
+                                           "[default: fsq, or the --config file's]")] = None,
     data: Annotated[str, typer.Option(help=_DATA_HELP, callback=_check_data)] = "digits",
     codebook_size: Annotated[int | None, typer.Option(help="VQ codebook size")] = None,
     levels: Annotated[str | None, typer.Option(help="FSQ levels, comma-separated (e.g. 8,5,5,5)")] = None,
     downsample: Annotated[int | None, typer.Option(help="signal steps per token")] = None,
     width: Annotated[int | None, typer.Option(help="conv channels")] = None,
+    tau_anneal_steps: Annotated[int | None, typer.Option(help="Gumbel: steps until tau reaches its floor")] = None,
+    kl_weight: Annotated[float | None, typer.Option(help="Gumbel: weight of KL(q || uniform)")] = None,
     steps: Annotated[int, typer.Option(help="optimiser steps")] = 1500,
     batch_size: Annotated[int, typer.Option()] = 32,
     lr: Annotated[float, typer.Option()] = 2e-3,
@@ -294,10 +310,12 @@ def train(
         torch.set_num_threads(threads)
     C = int(_signals(make_dataset(data, "test")).shape[-1])
     cfg = build_config(quantizer, config=config, d_input=C, codebook_size=codebook_size,
-                       levels=_parse_levels(levels) if levels else None, downsample=downsample, width=width)
+                       levels=_parse_levels(levels) if levels else None, downsample=downsample, width=width,
+                       tau_anneal_steps=tau_anneal_steps, kl_weight=kl_weight)
     _, summary = train_tokenizer(cfg, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                                  out=out, time_limit=time_limit)
-    typer.echo(json.dumps({k: summary[k] for k in ("data", "steps", "train_time_s", "train_window_usage", "test")},
+    typer.echo(json.dumps({k: summary[k] for k in ("data", "steps", "train_time_s", "ms_per_step", "train_window_usage",
+                                                   "test")},
                           indent=2))
     typer.echo(f"saved to {out}")
 
@@ -314,53 +332,142 @@ def evaluate(
     typer.echo(json.dumps(evaluate_tokenizer(tok, test_x, train_x), indent=2))
 
 
+def train_downstream(task: str, layer: str, tokenizer: str | Path | None, *, steps: int = 300, seed: int = 0,
+                     task_options: dict[str, Any] | None = None, out: str | Path | None = None,
+                     log=print) -> dict[str, Any]:
+    """Train ``layer`` on seqzoo task ``task`` (``quick`` preset, ``steps`` steps) on raw
+    signals (``tokenizer=None``) or through the frozen tokenizer saved in folder ``tokenizer``;
+    return :func:`seqzoo.train.train`'s result (test metric in ``value``).
+
+    The task is built with ``task_options`` over its defaults, exactly as
+    ``make_dataset(task, **task_options)`` built the data the tokenizer was trained on (the
+    quick preset's own task options, e.g. image pool=4, are replaced: the tokenizer expects
+    the signals it was trained on)."""
+    from seqzoo.train import compose, train
+
+    check_data_name(task)
+    if task in DATASETS:
+        raise ConfigError(f"a downstream run needs a labelled seqzoo task (image, shapes, pathfinder, ...), "
+                          f"not the tokenizer-only data set {task!r}")
+    cfg = compose(task, layer, preset="quick", overrides=[f"steps={steps}", f"seed={seed}"])
+    cfg = dataclasses.replace(cfg, task_options=dict(task_options or {}),
+                              tokenizer=None if tokenizer is None else str(tokenizer))
+    return train(cfg, out, resume=False, progress=False, log=log)
+
+
+def comparison_table(rows: list[tuple[str, dict]], downstream: dict[str, dict] | None = None,
+                     raw: dict | None = None, data_options: dict[str, Any] | None = None) -> str:
+    """The Markdown table of ``compare``: rows (name, train_tokenizer summary); optional
+    downstream results per name and on raw signals (seqzoo.train results)."""
+    first = rows[0][1]
+    t, c = first["test"], first["config"]
+    opts = "".join(f" {k}={v}" for k, v in (data_options or {}).items())
+    head = (f"data={first['data']}{opts} steps={first['steps']} batch={first['batch_size']} lr={first['lr']} "
+            f"seed={first['seed']} downsample={c['downsample']} width={c['width']}")
+    for _, s in rows:  # the settings of each quantiser family, once
+        qc = s["config"]
+        if qc["quantizer"] == "vq" and "VQ:" not in head:
+            head += (f"; VQ: K={qc['codebook_size']} d_latent={qc['d_latent']} dead_code_steps={qc['dead_code_steps']}"
+                     f" kmeans_init={qc['kmeans_init']}")
+        if qc["quantizer"] == "gumbel" and "Gumbel:" not in head:
+            head += (f"; Gumbel: K={qc['codebook_size']} d_latent={qc['d_latent']} tau {qc['tau_start']:g} -> "
+                     f"{qc['tau_min']:g} over {qc['tau_anneal_steps']} steps, kl_weight={qc['kl_weight']:g}")
+    head += f"; test mean-predictor MSE {t['mean_mse']:.4f}"
+    if "position_mse" in t:
+        head += f", per-position-mean MSE {t['position_mse']:.4f}"
+    lines = [head]
+    columns = ["quantizer", "vocab", "test recon MSE", "/ mean predictor", "test usage", "test perplexity",
+               "train usage (last 100 steps)", "ms / step", "train time (s)"]
+    if downstream:
+        any_result = next(iter(downstream.values()))
+        layer, metric = any_result["layer"], any_result["metric"]
+        columns += [f"{layer}: test {metric}", f"{layer}: train s"]
+        if raw is not None:
+            lines.append(f"downstream: {layer} on {raw['task']} (quick preset, {raw['steps']} steps); raw signals "
+                         f"(L={raw['seq_len']['train']}): test {metric} {raw['value']:.3f}, "
+                         f"train {raw['train_time_s']:.1f} s; chance {raw['chance']:.3f}")
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for name, s in rows:
+        e = s["test"]
+        cells = [name, str(e["vocab_size"]), f"{e['recon_mse']:.3g}", f"{e['rel_mse']:.3g}",
+                 f"{100 * e['usage']:.1f}%", f"{e['perplexity']:.1f}", f"{100 * s['train_window_usage']:.1f}%",
+                 f"{s['ms_per_step']:.0f}", f"{s['train_time_s']:.0f}"]
+        if downstream:
+            r = downstream[name]
+            cells += [f"{r['value']:.3f}", f"{r['train_time_s']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 @app.command()
 def compare(
     data: Annotated[str, typer.Option(help=_DATA_HELP, callback=_check_data)] = "digits",
+    data_option: Annotated[list[str] | None, typer.Option(help="KEY=VALUE option of a seqzoo task --data "
+                                                                "(repeatable), e.g. pool=2")] = None,
+    quantizers: Annotated[str, typer.Option(help="comma-separated, in table order")] = ",".join(QUANTIZERS),
     steps: Annotated[int, typer.Option()] = 1500,
     batch_size: Annotated[int, typer.Option()] = 32,
     lr: Annotated[float, typer.Option()] = 2e-3,
     seed: Annotated[int, typer.Option()] = 0,
     downsample: Annotated[int, typer.Option()] = 4,
-    codebook_size: Annotated[int, typer.Option(help="VQ codebook size")] = 512,
+    codebook_size: Annotated[int, typer.Option(help="VQ and Gumbel codebook size")] = 512,
     levels: Annotated[str, typer.Option(help="FSQ levels (prod = FSQ vocabulary)")] = "8,8,8",
     width: Annotated[int | None, typer.Option(help="conv channels")] = None,
     dead_code_steps: Annotated[int | None, typer.Option(help="VQ dead-code restart after N unused steps (0: off)")] = None,
     kmeans_init: Annotated[bool, typer.Option(help="VQ k-means init from the first batch")] = True,
+    tau_anneal_steps: Annotated[int | None, typer.Option(help="Gumbel: steps until tau reaches its floor "
+                                                               "[default: the config's]")] = None,
+    kl_weight: Annotated[float | None, typer.Option(help="Gumbel: weight of KL(q || uniform)")] = None,
+    downstream: Annotated[str | None, typer.Option(help="a layer to train (quick preset) on the task DATA through "
+                                                        "each tokenizer and on raw signals")] = None,
+    downstream_steps: Annotated[int, typer.Option(help="steps of each downstream run")] = 300,
     out: Annotated[Path, typer.Option()] = Path("runs/tokenizer-compare"),
     threads: Annotated[int | None, typer.Option()] = None,
 ) -> None:
-    """FSQ vs VQ vs VQ+rotation on the same data, steps and seed: a Markdown table."""
+    """FSQ vs VQ vs VQ+rotation vs Gumbel (soft, hard) on the same data, steps and seed:
+    a Markdown table, optionally with a downstream model trained through each tokenizer."""
     if threads:
         torch.set_num_threads(threads)
-    C = int(_signals(make_dataset(data, "test")).shape[-1])
+    names = [q.strip() for q in quantizers.split(",") if q.strip()]
+    unknown = [q for q in names if q not in QUANTIZERS]
+    if not names or unknown:
+        raise typer.BadParameter(f"unknown quantizer(s) {unknown}; choose from {', '.join(QUANTIZERS)}",
+                                 param_hint="--quantizers")
+    if downstream is not None:
+        import seqzoo
+
+        if data in DATASETS:
+            raise typer.BadParameter(f"--downstream needs a labelled seqzoo task as --data (image, shapes, ...), "
+                                     f"not {data!r}", param_hint="--data")
+        if downstream not in seqzoo.list_layers():
+            raise typer.BadParameter(f"unknown layer {downstream!r}; valid: {', '.join(seqzoo.list_layers())}",
+                                     param_hint="--downstream")
+    try:
+        data_options = dict(parse_override(o) for o in data_option or [])
+        C = int(_signals(make_dataset(data, "test", **data_options)).shape[-1])
+    except (ValueError, TypeError) as e:
+        raise typer.BadParameter(str(e), param_hint="--data-option") from None
     rows = []
-    for q in ("fsq", "vq", "vq-rotation"):
+    for q in names:
+        family = {"fsq": {}, "vq": {"dead_code_steps": dead_code_steps, "kmeans_init": kmeans_init},
+                  "gumbel": {"tau_anneal_steps": tau_anneal_steps, "kl_weight": kl_weight}}[QUANTIZERS[q]["quantizer"]]
         cfg = build_config(q, d_input=C, downsample=downsample, codebook_size=codebook_size,
-                           levels=_parse_levels(levels), width=width,
-                           **({} if q == "fsq" else {"dead_code_steps": dead_code_steps, "kmeans_init": kmeans_init}))
+                           levels=_parse_levels(levels), width=width, **family)
         typer.echo(f"== {q}")
         _, s = train_tokenizer(cfg, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                               out=out / q, log_every=max(1, steps // 5))
+                               out=out / q, log_every=max(1, steps // 5), data_options=data_options)
         rows.append((q, s))
-    t = rows[0][1]["test"]
-    lines = [
-        f"data={data} steps={steps} batch={batch_size} lr={lr} seed={seed} downsample={downsample} "
-        f"width={rows[0][1]['config']['width']} VQ: dead_code_steps={rows[1][1]['config']['dead_code_steps']} "
-        f"kmeans_init={rows[1][1]['config']['kmeans_init']}; "
-        f"test mean-predictor MSE {t['mean_mse']:.4f}" + (f", per-position-mean MSE {t['position_mse']:.4f}"
-                                                         if "position_mse" in t else ""),
-        "",
-        "| quantizer | vocab | test recon MSE | / mean predictor | test usage | test perplexity | "
-        "train usage (last 100 steps) | train time (s) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for q, s in rows:
-        e = s["test"]
-        lines.append(f"| {q} | {e['vocab_size']} | {e['recon_mse']:.3g} | {e['rel_mse']:.3g} | "
-                     f"{100 * e['usage']:.1f}% | {e['perplexity']:.1f} | {100 * s['train_window_usage']:.1f}% | "
-                     f"{s['train_time_s']:.0f} |")
-    table = "\n".join(lines)
+    results, raw = None, None
+    if downstream is not None:
+        results = {}
+        for q in names:
+            typer.echo(f"== {downstream} on {data} through {q}")
+            results[q] = train_downstream(data, downstream, out / q, steps=downstream_steps, seed=seed,
+                                          task_options=data_options, out=out / "downstream" / q)
+        typer.echo(f"== {downstream} on {data}, raw signals")
+        raw = train_downstream(data, downstream, None, steps=downstream_steps, seed=seed,
+                               task_options=data_options, out=out / "downstream" / "raw")
+    table = comparison_table(rows, results, raw, data_options)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")
     typer.echo(table)

@@ -14,7 +14,7 @@ from seqzoo.quant import Tokenizer, TokenizerConfig
 SMALL = {"width": 16, "n_res": 1}
 
 
-@pytest.mark.parametrize("quantizer", ["fsq", "vq"])
+@pytest.mark.parametrize("quantizer", ["fsq", "vq", "gumbel"])
 @pytest.mark.parametrize("downsample,L", [(1, 9), (2, 10), (3, 11), (4, 64), (6, 50)])
 def test_shapes_and_lengths(quantizer, downsample, L):
     tok = Tokenizer(quantizer=quantizer, downsample=downsample, d_input=2, codebook_size=32,
@@ -31,7 +31,7 @@ def test_shapes_and_lengths(quantizer, downsample, L):
     assert tok.decode(ids, length=L).shape == x.shape
 
 
-@pytest.mark.parametrize("quantizer", ["fsq", "vq"])
+@pytest.mark.parametrize("quantizer", ["fsq", "vq", "gumbel"])
 def test_forward_reconstruction_is_decode_of_encode_in_eval(quantizer):
     tok = Tokenizer(quantizer=quantizer, downsample=4, codebook_size=64, **SMALL)
     x = 3 + 2 * torch.randn(2, 40, 1)
@@ -94,7 +94,7 @@ def test_unknown_option_lists_valid_ones():
         Tokenizer(**SMALL).encode(torch.randn(2, 3, 4))
 
 
-@pytest.mark.parametrize("quantizer", ["fsq", "vq"])
+@pytest.mark.parametrize("quantizer", ["fsq", "vq", "gumbel"])
 def test_frontend_of_build_model_forward_and_backward(quantizer):
     tok = Tokenizer(quantizer=quantizer, downsample=4, codebook_size=64, levels=(4, 4, 4), **SMALL)
     tok.train()(torch.randn(4, 64, 1))  # k-means init

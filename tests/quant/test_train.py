@@ -53,7 +53,12 @@ def test_build_config_precedence(tmp_path):
     cfg = build_config("vq", config=CONFIGS / "vq_rotation.yaml", codebook_size=64, downsample=None)
     assert not cfg.rotation_trick and cfg.codebook_size == 64 and cfg.downsample == 4
     assert build_config(config=CONFIGS / "fsq.yaml").levels == (8, 8, 8)
-    with pytest.raises(ConfigError, match="'fsq', 'vq', 'vq-rotation'"):
+    cfg = build_config(config=CONFIGS / "gumbel.yaml")
+    assert cfg.quantizer == "gumbel" and not cfg.gumbel_hard and cfg.tau_min == 0.0625
+    assert build_config(config=CONFIGS / "gumbel_hard.yaml").gumbel_hard
+    cfg = build_config("gumbel-hard", config=CONFIGS / "gumbel.yaml", tau_anneal_steps=50)
+    assert cfg.gumbel_hard and cfg.tau_anneal_steps == 50 and cfg.kl_weight == 0.01
+    with pytest.raises(ConfigError, match="'fsq', 'vq', 'vq-rotation', 'gumbel', 'gumbel-hard'"):
         build_config("lfq")
     bad = tmp_path / "bad.yaml"
     bad.write_text("quantizer: vq\ncodebok_size: 3\n")
@@ -86,8 +91,65 @@ def test_cli_train_then_evaluate(tmp_path, one_thread):
     assert res.exit_code != 0 and "fsq" in res.output
 
 
+@pytest.mark.parametrize("quantizer", ["gumbel", "gumbel-hard"])
+def test_seqzoo_cli_trains_a_gumbel_tokenizer(tmp_path, one_thread, quantizer):
+    from seqzoo.cli import app as seqzoo_app
+
+    out = tmp_path / "tok"
+    res = CliRunner().invoke(seqzoo_app, ["tokenizer", "train", "--quantizer", quantizer, "--data", "waves",
+                                          "--steps", "4", "--batch-size", "4", "--width", "8", "--codebook-size",
+                                          "16", "--tau-anneal-steps", "2", "--kl-weight", "0.5", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    tok = Tokenizer.load(out)
+    assert tok.config.quantizer == "gumbel" and tok.config.gumbel_hard == (quantizer == "gumbel-hard")
+    assert tok.config.kl_weight == 0.5 and int(tok.quantizer.step) == 4
+    assert float(tok.quantizer.temperature()) == pytest.approx(1 / 16)  # at the floor after 2 steps
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["history"][-1]["tau"] == pytest.approx(1 / 16) and summary["ms_per_step"] > 0
+
+
+def test_compare_writes_one_table_of_all_five(tmp_path, one_thread):
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(app, ["compare", "--data", "waves", "--steps", "3", "--batch-size", "4", "--width", "8",
+                                   "--codebook-size", "16", "--levels", "4,4", "--downsample", "8",
+                                   "--tau-anneal-steps", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    table = (out / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "quantizer" not in line]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["fsq", "vq", "vq-rotation", "gumbel", "gumbel-hard"]
+    assert "ms / step" in table and "tau 1 -> 0.0625 over 2 steps" in table
+    for q in ("fsq", "gumbel-hard"):
+        assert Tokenizer.load(out / q).vocab_size == 16
+    res = CliRunner().invoke(app, ["compare", "--quantizers", "vq,lfq", "--out", str(out)])
+    assert res.exit_code != 0 and "lfq" in res.output
+    res = CliRunner().invoke(app, ["compare", "--data", "waves", "--downstream", "s4d", "--out", str(out)])
+    assert res.exit_code != 0 and "labelled seqzoo task" in res.output
+    res = CliRunner().invoke(app, ["compare", "--data", "waves", "--data-option", "pool=2", "--out", str(out)])
+    assert res.exit_code != 0 and "--data-option: data set 'waves' takes no size" in res.output
+
+
+def test_compare_downstream_trains_a_model_through_each_tokenizer(tmp_path, one_thread, monkeypatch):
+    pytest.importorskip("sklearn")
+    monkeypatch.setenv("SEQZOO_DATA", str(tmp_path / "data"))
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(app, ["compare", "--data", "image", "--data-option", "pool=4", "--quantizers",
+                                   "fsq,gumbel-hard", "--steps", "2", "--batch-size", "4", "--width", "8",
+                                   "--codebook-size", "16", "--levels", "4,4", "--downsample", "4",
+                                   "--downstream", "s4d", "--downstream-steps", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    table = (out / "table.md").read_text()
+    assert "data=image pool=4 steps=2" in table
+    assert "s4d: test accuracy" in table and "raw signals (L=64)" in table
+    for q in ("fsq", "gumbel-hard"):
+        assert json.loads((out / q / "summary.json").read_text())["test"]["tokens_per_signal"] == 16  # 8x8 / 4
+        result = json.loads((out / "downstream" / q / "result.json").read_text())
+        assert result["tokenizer"] == str(out / q) and result["steps"] == 2
+        assert result["config"]["task_options"] == {"pool": 4} and result["seq_len"]["train"] == 64
+    assert json.loads((out / "downstream" / "raw" / "result.json").read_text())["tokenizer"] is None
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("quantizer", ["fsq", "vq", "vq-rotation"])
+@pytest.mark.parametrize("quantizer", ["fsq", "vq", "vq-rotation", "gumbel", "gumbel-hard"])
 def test_cli_tokenizer_on_digits_clearly_beats_mean_predictor(tmp_path, quantizer):
     """A few minutes per quantiser on 1 thread: reconstruction well below both the mean and
     the per-pixel-mean predictor, with usage reported."""
