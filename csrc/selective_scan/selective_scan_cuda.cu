@@ -8,7 +8,8 @@
 // Layout: a row is owned by kR lanes of a warp (kR = min(32, N rounded up to a power of
 // two)); lane q of the row owns the kS states n = q, q + kR, ... (kS = N_pad / kR), so a
 // state lives in one register and the recurrence needs no communication. Time runs in
-// tiles of kK steps (kK kS <= 16 keeps the tile's states in registers in the backward):
+// tiles of kK steps (kK kS <= 16 keeps the tile's states and decays in registers in the
+// backward):
 //   - the lanes of a row split the tile's steps between them to load delta, u, z (and
 //     dout) with coalesced loads and compute the step sizes once per step; these row
 //     scalars reach the other lanes through shared memory;
@@ -24,8 +25,9 @@
 // Backward (states recomputed, nothing of size (B, D, N, L) in memory): chunks of `chunk`
 // steps from the last to the first; for each chunk, a forward walk from its checkpoint
 // (the forward's state at the chunk start) keeps the state at every tile start in shared
-// memory; then tiles in reverse: recompute the tile's states in registers, then walk it
-// backwards with g = dL/dh:
+// memory; then tiles in reverse: recompute the tile's states and decays in registers, then
+// walk it backwards with g = dL/dh (about 1.75 exponentials per state and step with
+// chunk = 64 and kK = 16, against 1 in the forward):
 //   g_t = exp(dt_{t+1} A) ⊙ g_{t+1} + dy_t C_t
 //   dC_t += dy_t h_t ,  dB_t += g_t dt_t u_t              (summed over the group's rows)
 //   du_t = dy_t D + dt_t <g_t, B_t> ,  d dt_t = <g_t, A ⊙ exp(dt_t A) ⊙ h_{t-1}> + u_t <g_t, B_t>
@@ -358,8 +360,8 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
         }
       }
       __syncthreads();
-      // the tile's states, in registers; y_t (for the gate's gradient) on the way
-      A hs[kK][kS], hstart[kS], y[kK];
+      // the tile's states and decays, in registers; y_t (for the gate's gradient) on the way
+      A hs[kK][kS], as[kK][kS], hstart[kS], y[kK];
 #pragma unroll
       for (int s = 0; s < kS; ++s) hstart[s] = s_h[j * kNp + pl.q + s * kR];
 #pragma unroll
@@ -370,7 +372,8 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
         for (int s = 0; s < kS; ++s) {
           const int n = pl.q + s * kR;
           const A prev = i > 0 ? hs[i - 1][s] : hstart[s];
-          hs[i][s] = dev_exp2(dt * A2[s]) * prev + dtu * sB[i * kNp + n];
+          as[i][s] = dev_exp2(dt * A2[s]);
+          hs[i][s] = as[i][s] * prev + dtu * sB[i * kNp + n];
           acc += sC[i * kNp + n] * hs[i][s];
         }
         y[i] = acc;
@@ -404,7 +407,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
         for (int s = 0; s < kS; ++s) {
           const int n = pl.q + s * kR;
           const A prev = i > 0 ? hs[i - 1][s] : hstart[s];
-          const A a = dev_exp2(dt * A2[s]);
+          const A a = as[i][s];
           const A Bn = sB[i * kNp + n];
           const A gn = gs[s] + dy * sC[i * kNp + n];  // dL/dh_t
           if (pl.has_row) {
