@@ -21,8 +21,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd_cpu
     const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     const c10::optional<at::Tensor>& initial, bool silu);
 
+// Shape, dtype and device checks shared by the CPU and CUDA kernels. The CPU kernel takes
+// float32/float64 with every tensor in x's dtype; with `reduced_precision` (CUDA) x and
+// initial_states may also be float16/bfloat16, with weight and bias in x's dtype or float32.
 void check_causal_conv1d_inputs(const at::Tensor& x, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& bias,
-                                const c10::optional<at::Tensor>& initial);
+                                const c10::optional<at::Tensor>& initial, bool reduced_precision);
 
 }  // namespace seqzoo

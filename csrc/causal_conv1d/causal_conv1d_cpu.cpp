@@ -140,7 +140,7 @@ const T* ptr_or_null(const at::Tensor& t) {
 
 void check_causal_conv1d_inputs(const at::Tensor& x, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& bias,
-                                const c10::optional<at::Tensor>& initial) {
+                                const c10::optional<at::Tensor>& initial, bool reduced_precision) {
   TORCH_CHECK(x.dim() == 3, "seqzoo::causal_conv1d: x must be (B, D, L), got ", x.sizes());
   const int64_t B = x.size(0), D = x.size(1);
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == D && weight.size(1) >= 1,
@@ -148,23 +148,26 @@ void check_causal_conv1d_inputs(const at::Tensor& x, const at::Tensor& weight,
               weight.sizes());
   const int64_t W = weight.size(1);
   const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
-              "seqzoo::causal_conv1d: the compiled kernel computes in float32 or float64, got ",
-              dtype);
-  auto same = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.scalar_type() == dtype, "seqzoo::causal_conv1d: ", name, " has dtype ",
-                t.scalar_type(), " but x has ", dtype);
+  const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || (reduced_precision && half),
+              "seqzoo::causal_conv1d: this kernel takes x in float32 or float64",
+              reduced_precision ? " (or float16/bfloat16)" : "", ", got ", dtype);
+  auto same = [&](const at::Tensor& t, const char* name, at::ScalarType want) {
+    TORCH_CHECK(t.scalar_type() == want, "seqzoo::causal_conv1d: ", name, " has dtype ",
+                t.scalar_type(), " but ", want, " was expected (x has ", dtype, ")");
     TORCH_CHECK(t.device() == x.device(), "seqzoo::causal_conv1d: ", name, " is on ",
                 t.device(), " but x is on ", x.device());
   };
-  same(weight, "weight");
+  // with fp16/bf16 x, the parameters may stay float32 (a module under autocast)
+  const auto wtype = half && weight.scalar_type() == at::kFloat ? at::kFloat : dtype;
+  same(weight, "weight", wtype);
   if (present(bias)) {
-    same(*bias, "bias");
+    same(*bias, "bias", wtype);
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == D, "seqzoo::causal_conv1d: bias must be (",
                 D, ",), got ", bias->sizes());
   }
   if (present(initial)) {
-    same(*initial, "initial_states");
+    same(*initial, "initial_states", dtype);
     TORCH_CHECK(initial->dim() == 3 && initial->size(0) == B && initial->size(1) == D &&
                     initial->size(2) == W - 1,
                 "seqzoo::causal_conv1d: initial_states must be (B, D, W-1) = (", B, ", ", D, ", ",
@@ -177,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d_fwd_cpu(const at::Tensor& x_,
                                                          const c10::optional<at::Tensor>& bias_,
                                                          const c10::optional<at::Tensor>& init_,
                                                          bool silu) {
-  check_causal_conv1d_inputs(x_, weight_, bias_, init_);
+  check_causal_conv1d_inputs(x_, weight_, bias_, init_, false);
   const int64_t B = x_.size(0), D = x_.size(1), L = x_.size(2), W = weight_.size(1);
   auto out = at::empty({B, D, L}, x_.options());
   auto final_states = at::empty({B, D, W - 1}, x_.options());
@@ -198,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd_cpu
     const at::Tensor& dout_, const c10::optional<at::Tensor>& dfinal_, const at::Tensor& x_,
     const at::Tensor& weight_, const c10::optional<at::Tensor>& bias_,
     const c10::optional<at::Tensor>& init_, bool silu) {
-  check_causal_conv1d_inputs(x_, weight_, bias_, init_);
+  check_causal_conv1d_inputs(x_, weight_, bias_, init_, false);
   const int64_t B = x_.size(0), D = x_.size(1), L = x_.size(2), W = weight_.size(1);
   TORCH_CHECK(dout_.sizes() == x_.sizes(), "seqzoo::causal_conv1d_backward: grad of out ",
               dout_.sizes(), " must have x's shape ", x_.sizes());

@@ -3,10 +3,12 @@ of the ``causal-conv1d`` package.
 
 Backends (chosen in :mod:`seqzoo.ops._dispatch`):
     "cpp"            seqzoo's CPU kernel (csrc/causal_conv1d/), forward and backward.
+    "cuda"           seqzoo's CUDA kernel (csrc/causal_conv1d/causal_conv1d_cuda.cu): reads
+                     x in its layout (a transposed (B, L, D) view is not copied) and fp16/bf16
+                     x as such, computes in fp32.
     "causal_conv1d"  the ``causal-conv1d`` package's CUDA kernels (the ``cuda`` extra),
-                     preferred by ``auto`` on a GPU when it imports.
-    "ref"            the reference (the loop over the W taps); also what runs on a GPU
-                     without the package.
+                     preferred by ``auto`` on a GPU when it is ready, for widths 2-4.
+    "ref"            the reference (the loop over the W taps).
 """
 
 from __future__ import annotations
@@ -89,6 +91,17 @@ def _compute_dtype(*ts) -> torch.dtype:
     return dtype
 
 
+def _native_half(x: Tensor, weight: Tensor, bias: Tensor | None, initial_states: Tensor | None) -> bool:
+    """fp16/bf16 x that the CUDA kernel takes as it is: the state (if any) in x's dtype (an
+    fp32 state would otherwise be rounded) and parameters in x's dtype or fp32."""
+    half = (torch.float16, torch.bfloat16)
+    return (
+        x.dtype in half
+        and (initial_states is None or initial_states.dtype == x.dtype)
+        and all(t is None or t.dtype in (x.dtype, torch.float32) for t in (weight, bias))
+    )
+
+
 def causal_conv1d(
     x: Tensor,
     weight: Tensor,
@@ -125,8 +138,14 @@ def causal_conv1d(
                 initial_states = initial_states.transpose(1, 2).contiguous().transpose(1, 2)
         return fn(x, weight, bias, None, initial_states, return_final_states, None, activation)
 
-    dtype = _compute_dtype(x, weight, bias, initial_states)
-    x_, w_, b_, s_ = (None if t is None else t.to(dtype) for t in (x, weight, bias, initial_states))
+    if choice == "cuda" and _native_half(x, weight, bias, initial_states):
+        # the CUDA kernel reads and writes fp16/bf16 x as such (no fp32 copies of x and out);
+        # weight and bias stay in x's dtype or fp32 (a module's parameters under autocast)
+        pdtype = x.dtype if weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype) else torch.float32
+        x_, w_, b_, s_ = x, weight.to(pdtype), None if bias is None else bias.to(pdtype), initial_states
+    else:
+        dtype = _compute_dtype(x, weight, bias, initial_states)
+        x_, w_, b_, s_ = (None if t is None else t.to(dtype) for t in (x, weight, bias, initial_states))
     out, final = torch.ops.seqzoo.causal_conv1d(x_, w_, b_, s_, activation is not None)
     out = out.to(x.dtype)
     return (out, final.to(x.dtype)) if return_final_states else out

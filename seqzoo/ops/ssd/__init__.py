@@ -26,10 +26,12 @@ from torch import Tensor
 
 from seqzoo.ops import _dispatch
 from seqzoo.ops._checks import check_real_tensors
+from seqzoo.ops.diag_scan import diag_scan
 from seqzoo.ops.selective_scan import MAMBA_SSM_INSTALL
 from seqzoo.ops.ssd import ref
 
 __all__ = ["ssd", "ssd_chunked"]
+
 
 def _load_mamba_ssm():
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
@@ -59,17 +61,6 @@ _dispatch.register_extra_backend(
 _dispatch.register_extra_backend("ssd", "chunked", ("cpu", "cuda"), lambda: ssd_chunked)
 
 
-def segsum(a: Tensor) -> Tensor:
-    """a (..., T) -> (..., T, T) with out[i, j] = Σ_{j<k<=i} a_k for i >= j and -inf above the
-    diagonal, so that exp(out) is the decay from step j to step i. Built from a cumulative
-    sum of masked copies rather than s_i - s_j, which would cancel digits."""
-    T = a.shape[-1]
-    a = a[..., None, :].expand(*a.shape[:-1], T, T).transpose(-1, -2)  # a[..., i, j] = a_i
-    strict = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)  # i > j
-    s = a.masked_fill(~strict, 0).cumsum(dim=-2)
-    return s.masked_fill(~torch.ones_like(strict).tril(), float("-inf"))
-
-
 def ssd_chunked(
     x: Tensor,
     dt: Tensor,
@@ -80,51 +71,56 @@ def ssd_chunked(
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """The chunked SSD algorithm in PyTorch; shapes as :func:`ssd`."""
+    """The chunked SSD algorithm in PyTorch; shapes as :func:`ssd`.
+
+    Every contraction is a batched matmul over (batch, chunk, group) with the heads of a
+    group stacked into the rows (heads share B and C), and step 3 is one compiled
+    :func:`~seqzoo.ops.diag_scan` over the chunks instead of a Python loop. The one tensor
+    of size (b, c, h, q, q) is the masked decay-and-score matrix of step 1. Under autocast
+    the matmuls run in the autocast dtype (fp32 accumulation); the log-decays, the decays
+    and the recurrence across chunks stay in the compute dtype.
+    """
     dtype = torch.promote_types(x.dtype, torch.float32)
     for t in (dt, A, B, C, initial_state):
         if t is not None:
             dtype = torch.promote_types(dtype, t.dtype)
-    Bsz, L, H, P = x.shape
-    G, N = B.shape[2], B.shape[3]
-    Q = chunk_size
+    L, H, G = x.shape[1], x.shape[2], B.shape[2]
+    R, Q = H // G, chunk_size
     pad = (-L) % Q
     # Δ = 0 on the padding: decay 1 and no input, so outputs and final state are unchanged
     x_, dt_, B_, C_ = (F.pad(t.to(dtype), (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
-    x_ = rearrange(x_, "b (c q) (g r) p -> b c q g r p", q=Q, g=G)
-    dt_ = rearrange(dt_, "b (c q) (g r) -> b g r c q", q=Q, g=G)
-    B_ = rearrange(B_, "b (c q) g n -> b c q g n", q=Q)
-    C_ = rearrange(C_, "b (c q) g n -> b c q g n", q=Q)
-    dA = dt_ * rearrange(A.to(dtype), "(g r) -> g r 1 1", g=G)  # (b, g, r, c, q) log-decays
-    dA_cs = dA.cumsum(-1)
+    x_ = rearrange(x_, "b (c q) (g r) p -> b c g q r p", q=Q, g=G)
+    dt_ = rearrange(dt_, "b (c q) (g r) -> b c g r q", q=Q, g=G)
+    B_ = rearrange(B_, "b (c q) g n -> b c g q n", q=Q)
+    C_ = rearrange(C_, "b (c q) g n -> b c g q n", q=Q)
+    s = torch.cumsum(dt_ * rearrange(A.to(dtype), "(g r) -> g r 1", g=G), dim=-1)  # (b, c, g, r, q): s_i
+    s_end = s[..., -1:]  # (b, c, g, r, 1): log-decay over the whole chunk
 
-    # 1. diagonal blocks: (C_i · B_j) e^{s_i - s_j} Δ_j x_j for j <= i
-    decay = torch.exp(segsum(dA))  # (b, g, r, c, q, q)
-    scores = torch.einsum("bcign,bcjgn->bcgij", C_, B_)  # (b, c, g, q, q)
-    y = torch.einsum("bcgij,bgrcij,bgrcj,bcjgrp->bcigrp", scores, decay, dt_, x_)
+    # 1. diagonal blocks: y_i = sum_{j<=i} (C_i . B_j) e^{s_i - s_j} Δ_j x_j
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    decay = torch.exp((s[..., :, None] - s[..., None, :]).masked_fill(~causal, float("-inf")))  # (b, c, g, r, q, q)
+    scores = torch.matmul(C_, B_.transpose(-1, -2))  # (b, c, g, q, q): C_i . B_j
+    xdt = rearrange(x_, "b c g q r p -> b c g r q p") * dt_[..., None]  # Δ_j x_j (b, c, g, r, q, p)
+    y = torch.matmul(decay * scores[:, :, :, None], xdt)  # (b, c, g, r, q, p)
 
-    # 2. each chunk's contribution to the state at its end
-    to_end = torch.exp(dA_cs[..., -1:] - dA_cs) * dt_  # (b, g, r, c, q)
-    states = torch.einsum("bcjgn,bgrcj,bcjgrp->bcgrpn", B_, to_end, x_)  # (b, c, g, r, p, n)
+    # 2. each chunk's state at its end: S_c = sum_j e^{s_end - s_j} Δ_j x_j B_j^T, heads as rows
+    xw = rearrange(xdt * torch.exp(s_end - s)[..., None], "b c g r q p -> b c g (r p) q")
+    states = torch.matmul(xw, B_).to(dtype)  # (b, c, g, r p, n)
 
-    # 3. recurrence across chunks: S_in[c] is the state before chunk c
-    if initial_state is None:
-        S = x_.new_zeros(Bsz, G, H // G, P, N)
-    else:
-        S = rearrange(initial_state.to(dtype), "b (g r) p n -> b g r p n", g=G)
-    chunk_decay = torch.exp(dA_cs[..., -1])  # (b, g, r, c)
-    S_in = []
-    for decay_c, state_c in zip(chunk_decay.unbind(-1), states.unbind(1)):
-        S_in.append(S)
-        S = decay_c[..., None, None] * S + state_c
-    S_in = torch.stack(S_in, dim=1)  # (b, c, g, r, p, n)
+    # 3. the recurrence across chunks, S_after[c] = e^{s_end[c]} S_after[c-1] + S_c, as a scan
+    states = rearrange(states, "b c g (r p) n -> b c g r p n", r=R)
+    S0 = None if initial_state is None else rearrange(initial_state.to(dtype), "b (g r) p n -> b g r p n", g=G)
+    S_after, S_last = diag_scan(torch.exp(s_end)[..., None], states, S0)  # (b, c, g, r, p, n), (b, g, r, p, n)
+    S_in = torch.cat([(S0 if S0 is not None else torch.zeros_like(S_last))[:, None], S_after[:, :-1]], dim=1)
+    S_in = rearrange(S_in, "b c g r p n -> b c g (r p) n")
 
     # 4. off-diagonal blocks: the carried state read out by C_i, decayed to step i
-    y = y + torch.einsum("bcign,bgrci,bcgrpn->bcigrp", C_, torch.exp(dA_cs), S_in)
-    y = rearrange(y, "b c q g r p -> b (c q) (g r) p")[:, :L].to(x.dtype)
+    y_off = torch.matmul(C_, S_in.transpose(-1, -2))  # (b, c, g, q, r p)
+    y_off = rearrange(y_off, "b c g q (r p) -> b c g r q p", r=R) * torch.exp(s)[..., None]
+    y = rearrange(y + y_off, "b c g r q p -> b (c q) (g r) p")[:, :L].to(x.dtype)
     if not return_final_state:
         return y
-    return y, rearrange(S, "b g r p n -> b (g r) p n")
+    return y, rearrange(S_last, "b g r p n -> b (g r) p n")
 
 
 def _check(x, dt, A, B, C, chunk_size, initial_state) -> None:
