@@ -1,9 +1,22 @@
 #!/usr/bin/env python3
 """The README's two commands: set up a virtual environment and run seqzoo.
 
-    python3 scripts/dev.py run    # venv + torch + build the extension + run the main job
-                                  # (seqzoo bench lra --preset quick: every layer x every task)
-    python3 scripts/dev.py test   # venv + torch + build the extension + run the test suite
+    python3 scripts/dev.py run      # venv + torch + build the extension + run the main job
+                                    # (seqzoo bench lra --preset quick: every layer x every task)
+    python3 scripts/dev.py test     # venv + torch + build the extension + run the test suite,
+                                    # then (without pytest arguments) the package check below
+    python3 scripts/dev.py package  # only the package check
+
+The package check installs seqzoo the way a user does (README "Install") and fails if
+anything the build or the user needs is missing from the distributions: it builds the sdist
+(``python -m build --sdist``), checks that it holds every tracked file of ``csrc/`` and
+``configs/``, builds a wheel from that sdist in a fresh venv (torch pinned, no build
+isolation: the one extra compile, a few minutes), installs the wheel in another fresh venv
+and, from a folder outside the checkout, imports seqzoo (the extension must load), compares
+the packaged configs with the checkout's, and runs ``seqzoo list`` and a small ``seqzoo
+train`` on the packaged configs. It is a step of ``test`` rather than a pytest test so that
+``pytest`` stays quick for development; ``test`` with pytest arguments (a targeted run)
+skips it, and it is skipped when the sdist is byte-for-byte the one that last passed.
 
 Both create ``.venv`` next to this repository on first use (seqzoo with its ``bench`` and
 ``dev`` extras) and reuse it after.
@@ -17,9 +30,14 @@ Extra arguments after ``run``/``test`` go to the main job / to pytest.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
+import time
 import venv
 from pathlib import Path
 
@@ -32,14 +50,14 @@ MAIN_JOB = ["-m", "seqzoo.cli", "bench", "lra", "--preset", "quick"]
 EXTRAS = "bench,dev"
 
 
-def _bin(name: str) -> Path:
+def _bin(name: str, env: Path = VENV) -> Path:
     sub = "Scripts" if os.name == "nt" else "bin"
-    return VENV / sub / name
+    return env / sub / name
 
 
-def _run(cmd: list[str], **kw) -> None:
+def _run(cmd: list[str], cwd: Path = ROOT, **kw) -> subprocess.CompletedProcess:
     print("+", " ".join(str(c) for c in cmd), flush=True)
-    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, **kw)
+    return subprocess.run([str(c) for c in cmd], check=True, cwd=cwd, **kw)
 
 
 def _fingerprint(extras: str) -> str:
@@ -72,8 +90,136 @@ def setup(extras: str) -> Path:
     return py
 
 
+# ---------------------------------------------------------------------------- package check
+class PackageError(Exception):
+    """The distributions are not what a user needs."""
+
+
+def _tracked(*folders: str) -> dict[str, bytes]:
+    """Relative path -> bytes of every file git tracks under ``folders`` (every file there,
+    outside __pycache__, where this is not a git checkout)."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", *folders], cwd=ROOT, check=True, capture_output=True).stdout
+        names = [n for n in out.decode().split("\0") if n]
+    except (OSError, subprocess.CalledProcessError):
+        names = [str(p.relative_to(ROOT)) for f in folders for p in (ROOT / f).rglob("*")
+                 if p.is_file() and "__pycache__" not in p.parts]
+    return {n: (ROOT / n).read_bytes() for n in names if (ROOT / n).is_file()}
+
+
+def _sdist_files(sdist: Path) -> dict[str, bytes]:
+    """Relative path (without the ``seqzoo-<version>/`` top folder) -> bytes, for every file."""
+    with tarfile.open(sdist) as tar:
+        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def _compare(expected: dict[str, bytes], got: dict[str, bytes], where: str) -> None:
+    missing = sorted(set(expected) - set(got))
+    changed = sorted(n for n in set(expected) & set(got) if expected[n] != got[n])
+    if missing or changed:
+        raise PackageError(f"{where}: missing {missing or 'nothing'}; different from the checkout "
+                           f"{changed or 'nothing'} (MANIFEST.in carries csrc/ and configs/, setup.py's "
+                           "package_data ships configs/ as seqzoo/configs)")
+
+
+def _fresh_venv(path: Path, packages: list[str]) -> Path:
+    """A new venv at ``path`` with ``packages``; no .pyc compilation (torch's take most of an
+    install's time and nothing here needs them precompiled)."""
+    venv.EnvBuilder(with_pip=True).create(path)
+    py = _bin("python", path)
+    _run([py, "-m", "pip", "--disable-pip-version-check", "install", "-q", "--no-compile", *packages])
+    return py
+
+
+# what the user's venv reports about the installed seqzoo (run from outside the checkout)
+_PROBE = """
+import hashlib, json, seqzoo, seqzoo._ext as ext
+from seqzoo.config import configs_dir
+root = configs_dir()
+layer = seqzoo.build("s4d.yaml", d_model=8)  # a packaged layer config, by name
+print(json.dumps({"seqzoo": seqzoo.__file__, "ext": ext.available(), "configs": str(root),
+                  "layer": type(layer).__name__,
+                  "files": {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                            for p in sorted(root.rglob("*")) if p.is_file()}}))
+"""
+
+
+def check_package(py: Path) -> None:
+    """sdist -> wheel (fresh venv) -> install (another fresh venv) -> use, outside the checkout.
+    ``py``: the development venv's python (it has ``build``). Raises PackageError."""
+    t0 = time.perf_counter()
+    times: dict[str, float] = {}
+    work = Path(tempfile.mkdtemp(prefix="seqzoo-package-"))
+    dist = work / "dist"
+
+    def lap(name: str, since: float) -> float:
+        times[name] = time.perf_counter() - since
+        return time.perf_counter()
+
+    t = time.perf_counter()
+    _run([py, "-m", "build", "--sdist", "--outdir", dist, ROOT])  # isolated, as the README says
+    sdist = next(dist.glob("seqzoo-*.tar.gz"))
+    in_sdist = _sdist_files(sdist)
+    needed = {**_tracked("csrc", "configs"), **{n: (ROOT / n).read_bytes() for n in
+                                                 ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md")}}
+    _compare(needed, in_sdist, f"sdist {sdist.name}")
+    print(f"sdist {sdist.name}: {len(in_sdist)} files, every file of csrc/ and configs/ among them", flush=True)
+    t = lap("sdist", t)
+
+    stamp = VENV / ".seqzoo-package-checked"
+    h = hashlib.sha256(f"{TORCH_SPEC}|".encode() + Path(__file__).read_bytes())
+    for name in sorted(in_sdist):
+        if name.startswith("seqzoo.egg-info/") or name == "PKG-INFO":
+            continue  # regenerated on each build (timestamps, ordering)
+        h.update(name.encode() + b"\0" + hashlib.sha256(in_sdist[name]).digest())
+    if stamp.exists() and stamp.read_text() == h.hexdigest():
+        print("package check: this sdist is byte-for-byte the one that last passed; skipped", flush=True)
+        shutil.rmtree(work)
+        return
+
+    builder = _fresh_venv(work / "venv-build", [TORCH_SPEC, "setuptools>=64", "wheel", "ninja"])
+    t = lap("build venv", t)
+    _run([builder, "-m", "pip", "wheel", "-q", "--no-cache-dir", "--no-build-isolation", "--no-deps", "-w", dist, sdist],
+         cwd=work)
+    wheel = next(dist.glob("seqzoo-*.whl"))
+    t = lap("wheel from the sdist (compile)", t)
+
+    user = _fresh_venv(work / "venv-user", [TORCH_SPEC])
+    _run([user, "-m", "pip", "--disable-pip-version-check", "install", "-q", "--no-compile", wheel])
+    t = lap("user venv + install the wheel", t)
+
+    # a user's shell: outside the checkout, nothing pointing into it
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SEQZOO_CONFIGS")}
+    env.update(SEQZOO_DATA=str(work / "data"), PYTHONNOUSERSITE="1")
+    probe = json.loads(_run([user, "-c", _PROBE], cwd=work, env=env, capture_output=True, text=True).stdout)
+    site = work / "venv-user"
+    for key in ("seqzoo", "configs"):
+        if not Path(probe[key]).resolve().is_relative_to(site.resolve()):
+            raise PackageError(f"{key} came from {probe[key]}, not from the installed wheel in {site}")
+    if not probe["ext"]:
+        raise PackageError("the installed wheel's compiled extension seqzoo._C does not load")
+    configs = {n.split("/", 1)[1]: hashlib.sha256(b).hexdigest() for n, b in _tracked("configs").items()}
+    missing = sorted(set(configs) - set(probe["files"]))
+    changed = sorted(n for n in set(configs) & set(probe["files"]) if configs[n] != probe["files"][n])
+    if missing or changed:
+        raise PackageError(f"the installed package's configs ({probe['configs']}) lack {missing or 'nothing'}, "
+                           f"differ in {changed or 'nothing'}")
+    print(f"installed: {probe['seqzoo']}, extension loads, {len(probe['files'])} packaged configs "
+          f"(= the checkout's), seqzoo.build('s4d.yaml') -> {probe['layer']}", flush=True)
+    seqzoo = _bin("seqzoo", site)
+    _run([seqzoo, "list"], cwd=work, env=env)
+    _run([seqzoo, "train", "--task", "listops", "--layer", "s4d", "--preset", "quick", "--out", work / "run"],
+         cwd=work, env=env)
+    lap("seqzoo list + train", t)
+
+    stamp.write_text(h.hexdigest())
+    shutil.rmtree(work)
+    print("package check passed in " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
+          + f"; {time.perf_counter() - t0:.0f} s in all", flush=True)
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("run", "test", "setup"):
+    if not argv or argv[0] not in ("run", "test", "setup", "package"):
         print(__doc__)
         return 2
     cmd, rest = argv[0], argv[1:]
@@ -84,6 +230,12 @@ def main(argv: list[str]) -> int:
         _run([py, *MAIN_JOB, *rest])
     elif cmd == "test":
         _run([py, "-m", "pytest", *rest])
+        if rest:
+            print("package check skipped (pytest arguments given): python3 scripts/dev.py package", flush=True)
+        else:
+            check_package(py)
+    elif cmd == "package":
+        check_package(py)
     return 0
 
 
@@ -92,3 +244,5 @@ if __name__ == "__main__":
         sys.exit(main(sys.argv[1:]))
     except subprocess.CalledProcessError as e:
         sys.exit(e.returncode)
+    except PackageError as e:
+        sys.exit(f"package check failed: {e}")
