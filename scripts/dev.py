@@ -113,13 +113,15 @@ def _sdist_files(sdist: Path) -> dict[str, bytes]:
         return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
 
-def _compare(expected: dict[str, bytes], got: dict[str, bytes], where: str) -> None:
+def _compare(expected: dict, got: dict, where: str) -> None:
+    """Every key of ``expected`` is in ``got`` with the same value (file -> bytes or hash)."""
     missing = sorted(set(expected) - set(got))
     changed = sorted(n for n in set(expected) & set(got) if expected[n] != got[n])
     if missing or changed:
-        raise PackageError(f"{where}: missing {missing or 'nothing'}; different from the checkout "
-                           f"{changed or 'nothing'} (MANIFEST.in carries csrc/ and configs/, setup.py's "
-                           "package_data ships configs/ as seqzoo/configs)")
+        raise PackageError(f"{where}: " + "; ".join(
+            [f"missing {missing}"] * bool(missing) + [f"different from the checkout: {changed}"] * bool(changed))
+            + " (MANIFEST.in puts csrc/ and configs/ in the sdist; setup.py's package_data ships configs/ "
+            "in the wheel as seqzoo/configs)")
 
 
 def _fresh_venv(path: Path, packages: list[str]) -> Path:
@@ -147,9 +149,16 @@ print(json.dumps({"seqzoo": seqzoo.__file__, "ext": ext.available(), "configs": 
 def check_package(py: Path) -> None:
     """sdist -> wheel (fresh venv) -> install (another fresh venv) -> use, outside the checkout.
     ``py``: the development venv's python (it has ``build``). Raises PackageError."""
+    work = Path(tempfile.mkdtemp(prefix="seqzoo-package-"))
+    try:
+        _check_package(py, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_package(py: Path, work: Path) -> None:
     t0 = time.perf_counter()
     times: dict[str, float] = {}
-    work = Path(tempfile.mkdtemp(prefix="seqzoo-package-"))
     dist = work / "dist"
 
     def lap(name: str, since: float) -> float:
@@ -174,7 +183,6 @@ def check_package(py: Path) -> None:
         h.update(name.encode() + b"\0" + hashlib.sha256(in_sdist[name]).digest())
     if stamp.exists() and stamp.read_text() == h.hexdigest():
         print("package check: this sdist is byte-for-byte the one that last passed; skipped", flush=True)
-        shutil.rmtree(work)
         return
 
     builder = _fresh_venv(work / "venv-build", [TORCH_SPEC, "setuptools>=64", "wheel", "ninja"])
@@ -191,19 +199,18 @@ def check_package(py: Path) -> None:
     # a user's shell: outside the checkout, nothing pointing into it
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SEQZOO_CONFIGS")}
     env.update(SEQZOO_DATA=str(work / "data"), PYTHONNOUSERSITE="1")
-    probe = json.loads(_run([user, "-c", _PROBE], cwd=work, env=env, capture_output=True, text=True).stdout)
+    r = subprocess.run([str(user), "-c", _PROBE], cwd=work, env=env, capture_output=True, text=True)
+    if r.returncode:
+        raise PackageError(f"the installed seqzoo fails (from {work}):\n{r.stderr}")
+    probe = json.loads(r.stdout.splitlines()[-1])
     site = work / "venv-user"
     for key in ("seqzoo", "configs"):
         if not Path(probe[key]).resolve().is_relative_to(site.resolve()):
             raise PackageError(f"{key} came from {probe[key]}, not from the installed wheel in {site}")
+    configs = {n.split("/", 1)[1]: hashlib.sha256(b).hexdigest() for n, b in _tracked("configs").items()}
+    _compare(configs, probe["files"], f"the installed package's configs ({probe['configs']})")
     if not probe["ext"]:
         raise PackageError("the installed wheel's compiled extension seqzoo._C does not load")
-    configs = {n.split("/", 1)[1]: hashlib.sha256(b).hexdigest() for n, b in _tracked("configs").items()}
-    missing = sorted(set(configs) - set(probe["files"]))
-    changed = sorted(n for n in set(configs) & set(probe["files"]) if configs[n] != probe["files"][n])
-    if missing or changed:
-        raise PackageError(f"the installed package's configs ({probe['configs']}) lack {missing or 'nothing'}, "
-                           f"differ in {changed or 'nothing'}")
     print(f"installed: {probe['seqzoo']}, extension loads, {len(probe['files'])} packaged configs "
           f"(= the checkout's), seqzoo.build('s4d.yaml') -> {probe['layer']}", flush=True)
     seqzoo = _bin("seqzoo", site)
@@ -213,7 +220,6 @@ def check_package(py: Path) -> None:
     lap("seqzoo list + train", t)
 
     stamp.write_text(h.hexdigest())
-    shutil.rmtree(work)
     print("package check passed in " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
           + f"; {time.perf_counter() - t0:.0f} s in all", flush=True)
 
