@@ -7,22 +7,26 @@
                                     # then (without pytest arguments) the package check below
     python3 scripts/dev.py package  # only the package check
 
-The package check installs seqzoo the way a user does (README "Install") and fails if
-anything the build or the user needs is missing from the distributions: it builds the sdist
-(``python -m build --sdist``), checks that it holds every tracked file of ``csrc/`` and
-``configs/``, builds a wheel from that sdist in a fresh venv (torch pinned, no build
-isolation: the one extra compile, a few minutes), installs the wheel in another fresh venv
-and, from a folder outside the checkout, imports seqzoo (the extension must load), compares
-the packaged configs with the checkout's, and runs ``seqzoo list`` and a small ``seqzoo
-train`` on the packaged configs. It is a step of ``test`` rather than a pytest test so that
-``pytest`` stays quick for development; ``test`` with pytest arguments (a targeted run)
-skips it, and it is skipped when the sdist is byte-for-byte the one that last passed.
-
 Both create ``.venv`` next to this repository on first use (seqzoo with its ``bench`` and
 ``dev`` extras) and reuse it after.
 torch is installed first and pinned (``TORCH_SPEC``, default ``torch==2.13.0``, the CPU
-build on machines without a GPU); the package is then installed *without* build
-isolation, so pip never replaces that torch with an unpinned CUDA build.
+build on machines without a GPU); the package is then built *without* build isolation, so
+pip never replaces that torch with an unpinned CUDA build.
+
+The extension is compiled once, the way a user's copy is: ``python -m build
+--no-isolation`` makes the sdist and then a wheel from that sdist (in ``.venv/dist/``; on
+first use the venv holds only torch and the build tools at that point), the wheel's
+``seqzoo/_C*.so`` goes into the checkout, and seqzoo is installed editable without
+compiling again. The package check then installs that wheel the way a user does (README
+"Install") and fails if anything the build or the user needs is missing: it builds the
+sdist without torch (``python -m build --sdist``, isolated) and checks that it holds every
+tracked file of ``csrc/`` and ``configs/`` and equals the one the wheel came from (else it
+rebuilds both), installs the wheel in a fresh venv and, from a folder outside the
+checkout, imports seqzoo (the extension must load), compares the packaged configs with
+the checkout's, and runs ``seqzoo list`` and a small ``seqzoo train`` on the packaged
+configs. It is a step of ``test`` rather than a pytest test so that ``pytest`` stays
+quick for development; ``test`` with pytest arguments (a targeted run) skips it, and it is
+skipped when the sdist is byte-for-byte the one that last passed.
 
 Extra arguments after ``run``/``test`` go to the main job / to pytest.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +44,7 @@ import tarfile
 import tempfile
 import time
 import venv
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +54,7 @@ TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 # prints the results table and the paths of results.md, results.jsonl and accuracy.png.
 MAIN_JOB = ["-m", "seqzoo.cli", "bench", "lra", "--preset", "quick"]
 EXTRAS = "bench,dev"
+DIST = VENV / "dist"  # the sdist and the wheel built from it (the one compile)
 
 
 def _bin(name: str, env: Path = VENV) -> Path:
@@ -64,7 +71,7 @@ def _fingerprint(extras: str) -> str:
     """What the installed environment depends on: the torch pin, the extras, the packaging
     files and the compiled sources. Python sources need no reinstall (editable install)."""
     h = hashlib.sha256(f"{TORCH_SPEC}|{extras}".encode())
-    files = [ROOT / "pyproject.toml", ROOT / "setup.py", *sorted((ROOT / "csrc").rglob("*"))]
+    files = [ROOT / "pyproject.toml", ROOT / "setup.py", ROOT / "MANIFEST.in", *sorted((ROOT / "csrc").rglob("*"))]
     for f in files:
         if f.is_file():
             h.update(str(f.relative_to(ROOT)).encode())
@@ -84,10 +91,40 @@ def setup(extras: str) -> Path:
         return py
     pip = [py, "-m", "pip", "--disable-pip-version-check"]
     _run(pip + ["install", "-q", TORCH_SPEC])
-    _run(pip + ["install", "-q", "setuptools>=64", "wheel", "ninja"])
-    _run(pip + ["install", "-q", "--no-build-isolation", "-e", f".[{extras}]"])
+    _run(pip + ["install", "-q", "setuptools>=64", "wheel", "ninja", "build"])
+    _, wheel = build_dists(py)
+    _unpack_extension(wheel)
+    # editable, without compiling again: the extension is the wheel's (same sources, same flags)
+    _run(pip + ["install", "-q", "--no-build-isolation", "-e", f".[{extras}]"], env={**os.environ, "SEQZOO_NO_EXT": "1"})
     stamp.write_text(fingerprint)
     return py
+
+
+def build_dists(py: Path) -> tuple[Path, Path]:
+    """``DIST``: the sdist of the checkout, then a wheel built from that sdist against the
+    venv's torch (``python -m build --no-isolation``; the compile). Returns (sdist, wheel)."""
+    shutil.rmtree(DIST, ignore_errors=True)
+    _run([py, "-m", "build", "--no-isolation", "--outdir", DIST, ROOT])
+    return _dists()
+
+
+def _dists() -> tuple[Path, Path] | None:
+    """The (sdist, wheel) in ``DIST``, if there is exactly one of each."""
+    sdists, wheels = sorted(DIST.glob("seqzoo-*.tar.gz")), sorted(DIST.glob("seqzoo-*.whl"))
+    return (sdists[0], wheels[0]) if len(sdists) == len(wheels) == 1 else None
+
+
+def _unpack_extension(wheel: Path) -> None:
+    """The wheel's ``seqzoo/_C*`` into the checkout's seqzoo/, where an editable install
+    would have compiled it. Written beside and renamed over the old one, so a process that
+    has the old one loaded keeps running."""
+    with zipfile.ZipFile(wheel) as z:
+        names = [n for n in z.namelist() if re.fullmatch(r"seqzoo/_C\.[^/]*\.(so|pyd)", n)]
+        for name in names:
+            tmp = ROOT / (name + ".tmp")
+            tmp.write_bytes(z.read(name))
+            os.replace(tmp, ROOT / name)
+    print(f"extension from {wheel.name}: {', '.join(names) or 'none (SEQZOO_NO_EXT=1?)'}", flush=True)
 
 
 # ---------------------------------------------------------------------------- package check
@@ -147,7 +184,7 @@ print(json.dumps({"seqzoo": seqzoo.__file__, "ext": ext.available(), "configs": 
 
 
 def check_package(py: Path) -> None:
-    """sdist -> wheel (fresh venv) -> install (another fresh venv) -> use, outside the checkout.
+    """sdist -> wheel (built from it) -> install in a fresh venv -> use, outside the checkout.
     ``py``: the development venv's python (it has ``build``). Raises PackageError."""
     work = Path(tempfile.mkdtemp(prefix="seqzoo-package-"))
     try:
@@ -156,19 +193,24 @@ def check_package(py: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _sources(sdist_files: dict[str, bytes]) -> dict[str, bytes]:
+    """An sdist's files without the metadata each build regenerates."""
+    return {n: b for n, b in sdist_files.items() if not n.startswith("seqzoo.egg-info/") and n != "PKG-INFO"}
+
+
 def _check_package(py: Path, work: Path) -> None:
     t0 = time.perf_counter()
     times: dict[str, float] = {}
-    dist = work / "dist"
 
     def lap(name: str, since: float) -> float:
         times[name] = time.perf_counter() - since
         return time.perf_counter()
 
     t = time.perf_counter()
-    _run([py, "-m", "build", "--sdist", "--outdir", dist, ROOT])  # isolated, as the README says
-    sdist = next(dist.glob("seqzoo-*.tar.gz"))
-    in_sdist = _sdist_files(sdist)
+    # the user's sdist: isolated, so built without torch, as the README says
+    _run([py, "-m", "build", "--sdist", "--outdir", work / "sdist", ROOT])
+    sdist = next((work / "sdist").glob("seqzoo-*.tar.gz"))
+    in_sdist = _sources(_sdist_files(sdist))
     needed = {**_tracked("csrc", "configs"), **{n: (ROOT / n).read_bytes() for n in
                                                  ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md")}}
     _compare(needed, in_sdist, f"sdist {sdist.name}")
@@ -178,19 +220,21 @@ def _check_package(py: Path, work: Path) -> None:
     stamp = VENV / ".seqzoo-package-checked"
     h = hashlib.sha256(f"{TORCH_SPEC}|".encode() + Path(__file__).read_bytes())
     for name in sorted(in_sdist):
-        if name.startswith("seqzoo.egg-info/") or name == "PKG-INFO":
-            continue  # regenerated on each build (timestamps, ordering)
         h.update(name.encode() + b"\0" + hashlib.sha256(in_sdist[name]).digest())
     if stamp.exists() and stamp.read_text() == h.hexdigest():
         print("package check: this sdist is byte-for-byte the one that last passed; skipped", flush=True)
         return
 
-    builder = _fresh_venv(work / "venv-build", [TORCH_SPEC, "setuptools>=64", "wheel", "ninja"])
-    t = lap("build venv", t)
-    _run([builder, "-m", "pip", "wheel", "-q", "--no-cache-dir", "--no-build-isolation", "--no-deps", "-w", dist, sdist],
-         cwd=work)
-    wheel = next(dist.glob("seqzoo-*.whl"))
-    t = lap("wheel from the sdist (compile)", t)
+    # the wheel `setup` built from its sdist is reused when that sdist is this one
+    dists = _dists()
+    if dists is None or _sources(_sdist_files(dists[0])) != in_sdist:
+        print(f"the checkout changed since {DIST} was built: building the sdist and a wheel from it again", flush=True)
+        dists = build_dists(py)
+        t = lap("wheel from the sdist (compile)", t)
+    else:
+        print(f"reusing {dists[1]}: built from an sdist with the same files", flush=True)
+    _compare(in_sdist, _sources(_sdist_files(dists[0])), f"the sdist {dists[1].name} was built from")
+    wheel = dists[1]
 
     user = _fresh_venv(work / "venv-user", [TORCH_SPEC])
     _run([user, "-m", "pip", "--disable-pip-version-check", "install", "-q", "--no-compile", wheel])

@@ -154,8 +154,8 @@ def build(name: str, d_model: int | None = None, **options: Any):
 
     ``name`` may also be a YAML file (``configs/layers/s4d.yaml``) holding ``layer: s4d``
     and options, or the name of one of seqzoo's layer configs (``"s4d.yaml"``, found by
-    :func:`~seqzoo.config.config_file`); keyword options override the file. Unknown names or options raise a
-    :class:`~seqzoo.config.ConfigError` listing the valid ones.
+    :func:`~seqzoo.config.config_file`); keyword options override the file. Unknown names
+    or options raise a :class:`~seqzoo.config.ConfigError` listing the valid ones.
     """
     spec, config = _make(name, d_model, options)
     return spec.cls(config)
