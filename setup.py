@@ -99,6 +99,9 @@ setup(
     packages=[*find_namespace_packages(include=["seqzoo", "seqzoo.*"]), "seqzoo.configs"],
     package_dir={"seqzoo.configs": "configs"},
     package_data={"seqzoo.configs": ["**/*"]},
+    # package_data above is the whole list of data files (the manifest's csrc/ is for the sdist
+    # only); without this, setuptools warns that configs' subfolders look like packages
+    include_package_data=False,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
