@@ -105,7 +105,10 @@ def build_dists(py: Path) -> tuple[Path, Path]:
     venv's torch (``python -m build --no-isolation``; the compile). Returns (sdist, wheel)."""
     shutil.rmtree(DIST, ignore_errors=True)
     _run([py, "-m", "build", "--no-isolation", "--outdir", DIST, ROOT])
-    return _dists()
+    dists = _dists()
+    if dists is None:
+        raise PackageError(f"python -m build did not leave one sdist and one wheel in {DIST}")
+    return dists
 
 
 def _dists() -> tuple[Path, Path] | None:
