@@ -10,6 +10,8 @@
     seqzoo bench speed                     time and memory against L for both modes; step latency vs position
     seqzoo demo                            every layer: parallel vs recurrent, max difference and time
     seqzoo tokenizer ...                   train / evaluate / compare VQ, FSQ and Gumbel tokenizers (seqzoo.quant)
+    seqzoo configs export DIR              copy the configs (layers, lra, presets, recipes, tokenizer) out to edit;
+                                           then SEQZOO_CONFIGS=DIR makes seqzoo use them
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ _mount_subcommands()
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Benchmarks: the LRA-style suite, parallel vs recurrent modes, speed against L.")
 app.add_typer(bench_app, name="bench")
+
+
+configs_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                          help="The YAML configs of layers, tasks, presets and tokenizers.")
+app.add_typer(configs_app, name="configs")
 
 
 def _fail(e: Exception) -> None:
@@ -287,6 +294,31 @@ def demo(
     rows = compare_modes(d_model=d_model, length=length, batch=batch, repeats=1, seed=seed, progress=False)
     typer.echo(f"seqzoo demo: B={batch}, L={length}, d_model={d_model}, float32, {torch.get_num_threads()} threads")
     typer.echo(modes_table(rows))
+
+
+@configs_app.command("export")
+def configs_export(
+    dest: Annotated[Path, typer.Argument(help="folder to create (it gets layers/, lra/, presets/, tokenizer/)")],
+    force: Annotated[bool, typer.Option(help="write into DEST even if it exists (same-named files are replaced)")] = False,
+) -> None:
+    """Copy the configs seqzoo uses (a checkout's configs/, $SEQZOO_CONFIGS, or the copy installed
+    with the package) to DEST, to edit them; `export SEQZOO_CONFIGS=DEST` then makes seqzoo use them."""
+    import shutil
+
+    from seqzoo.config import configs_dir
+
+    try:
+        src = configs_dir()
+    except ConfigError as e:
+        _fail(e)
+    if dest.exists() and not force:
+        _fail(FileExistsError(f"{dest} exists: choose a new folder, or pass --force to write into it"))
+    if dest.resolve() == src.resolve():
+        _fail(ValueError(f"{dest} is the configs folder in use; choose another folder"))
+    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py[co]"))
+    n = sum(1 for p in dest.rglob("*") if p.is_file())
+    typer.echo(f"copied the configs from {src} to {dest} ({n} files)")
+    typer.echo(f"use them with: export SEQZOO_CONFIGS={dest.resolve()}")
 
 
 def main() -> None:

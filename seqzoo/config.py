@@ -1,10 +1,15 @@
 """Flat option dataclasses: validation of user options (from Python, YAML or the command
-line) against a config dataclass, with errors that name the key and the valid choices."""
+line) against a config dataclass, with errors that name the key and the valid choices.
+
+Also where config files are found: :func:`configs_dir` (the one lookup of the configs
+folder) and :func:`config_file` (a path, or the name of a packaged config)."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
+import os
 import re
 import types
 import typing
@@ -13,7 +18,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-__all__ = ["ConfigError", "closest_hint", "config_from_dict", "config_fields", "load_yaml", "parse_override", "yaml_value"]
+__all__ = ["ConfigError", "closest_hint", "config_file", "config_from_dict", "config_fields", "configs_dir", "load_yaml",
+           "parse_override", "yaml_value"]
 
 
 class ConfigError(ValueError):
@@ -172,6 +178,53 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of options at the top level, got {type(data).__name__}")
     return data
+
+
+# ---------------------------------------------------------------------------- config files
+def configs_dir() -> Path:
+    """The configs folder (``layers/``, ``lra/``, ``presets/``, ``tokenizer/``), first found of
+
+    1. ``$SEQZOO_CONFIGS`` (e.g. a folder made by ``seqzoo configs export``);
+    2. a checkout's ``configs/``: the folder above the package holds it and ``pyproject.toml``,
+       so editing a config in a checkout (or an editable install) takes effect at once;
+    3. the copy shipped inside the installed package (``seqzoo/configs`` in the wheel).
+    """
+    env = os.environ.get("SEQZOO_CONFIGS")
+    if env:
+        if not Path(env).is_dir():
+            raise ConfigError(f"SEQZOO_CONFIGS={env!r} is not a folder: point it at a configs folder "
+                              "(`seqzoo configs export DIR` makes one) or unset it to use seqzoo's own")
+        return Path(env)
+    root = Path(__file__).resolve().parents[1]
+    if (root / "configs").is_dir() and (root / "pyproject.toml").is_file():
+        return root / "configs"
+    packaged = importlib.resources.files("seqzoo").joinpath("configs")
+    # an installed seqzoo is a folder on disk (it holds a compiled extension, so never a zip)
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    raise ConfigError(f"no configs folder: neither a checkout's configs/ beside {root / 'seqzoo'} nor the "
+                      "packaged seqzoo/configs exists (a broken install: reinstall seqzoo); or set "
+                      "SEQZOO_CONFIGS to a configs folder")
+
+
+def config_file(name: str | Path, kind: str) -> Path:
+    """The YAML file ``name`` names: a file that exists as given (absolute, or relative to the
+    working directory), else a config of :func:`configs_dir`: ``<configs>/<kind>/<name>``
+    (``"s4d.yaml"`` with kind ``"layers"``), or ``<configs>/<name>`` with any leading
+    ``configs/`` dropped (``"configs/layers/s4d.yaml"``, as written in a checkout, also works
+    where seqzoo is installed)."""
+    path = Path(name)
+    if path.is_file() or path.is_absolute():
+        return path
+    root = configs_dir()
+    rel = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) and len(path.parts) > 1 else path
+    for candidate in (root / kind / rel, root / rel):
+        if candidate.is_file():
+            return candidate
+    names = sorted(p.name for p in (root / kind).glob("*.y*ml")) if (root / kind).is_dir() else []
+    raise ConfigError(f"config file {str(name)!r} not found: not a file here ({Path.cwd()}), nor a config in "
+                      f"{root / kind}." + closest_hint(path.name, names)
+                      + (f" Available {kind} configs: {', '.join(names)}" if names else ""))
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seqzoo.config import ConfigError, closest_hint, config_from_dict, load_yaml
+from seqzoo.config import ConfigError, closest_hint, config_file, config_from_dict, load_yaml
 
 __all__ = ["Registry", "Spec", "register", "build", "list_layers", "get_layer", "make_config", "LayerSpec"]
 
@@ -123,7 +123,7 @@ def _is_yaml_path(name: str) -> bool:
 def _resolve(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """A registry name, or a YAML file with ``layer: <name>`` and options (explicit options win)."""
     if isinstance(name, (str, Path)) and _is_yaml_path(str(name)):
-        data = load_yaml(name)
+        data = load_yaml(config_file(name, "layers"))  # a path, or a packaged name ("s4d.yaml")
         if "layer" not in data:
             raise ConfigError(f"{name}: a layer config needs a 'layer: <name>' entry")
         layer = data.pop("layer")
@@ -153,8 +153,9 @@ def build(name: str, d_model: int | None = None, **options: Any):
     """Build a registered layer: ``seqzoo.build("s4d", d_model=256, d_state=64)``.
 
     ``name`` may also be a YAML file (``configs/layers/s4d.yaml``) holding ``layer: s4d``
-    and options; keyword options override the file. Unknown names or options raise a
-    :class:`~seqzoo.config.ConfigError` listing the valid ones.
+    and options, or the name of one of seqzoo's layer configs (``"s4d.yaml"``, found by
+    :func:`~seqzoo.config.config_file`); keyword options override the file. Unknown names
+    or options raise a :class:`~seqzoo.config.ConfigError` listing the valid ones.
     """
     spec, config = _make(name, d_model, options)
     return spec.cls(config)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +37,9 @@ from seqzoo.config import (
     ConfigError,
     closest_hint,
     config_fields,
+    config_file,
     config_from_dict,
+    configs_dir,
     load_yaml,
     parse_override,
 )
@@ -153,16 +154,8 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------------------- files
-def configs_dir() -> Path:
-    """The ``configs/`` folder: ``$SEQZOO_CONFIGS``, else the one beside the package."""
-    env = os.environ.get("SEQZOO_CONFIGS")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
-    if not path.is_dir():
-        raise ConfigError(f"configs folder {str(path)!r} not found: run from a checkout of seqzoo "
-                          "or set SEQZOO_CONFIGS to its configs/ folder")
-    return path
-
-
+# configs_dir (exported here too) is seqzoo.config's: one lookup of the configs folder for
+# layers, tasks, presets and the CLI (a checkout's configs/, else the packaged copy).
 def list_presets() -> list[str]:
     root = configs_dir() / "presets"
     return ["full", *sorted(p.name for p in root.iterdir() if p.is_dir())] if root.is_dir() else ["full"]
@@ -221,13 +214,14 @@ def compose(task: str, layer: str | None = None, preset: str = "full",
     """The validated :class:`RunConfig` of ``layer`` x ``task`` under ``preset``.
 
     ``config``: a YAML file used instead of ``configs/lra/<task>.yaml`` (and of the layer's
-    recipe, unless ``recipe=<name>`` asks for one). ``preset``: "full" (the task file, then
-    the layer's recipe) or a folder under ``configs/presets/``."""
+    recipe, unless ``recipe=<name>`` asks for one): a path, or the name of a config in
+    :func:`~seqzoo.config.configs_dir`'s ``lra/`` (``"listops.yaml"``). ``preset``: "full" (the
+    task file, then the layer's recipe) or a folder under ``configs/presets/``."""
     from seqzoo.tasks import get_task
 
     get_task(task)  # unknown task -> the registered ones
     root = configs_dir()
-    path = Path(config) if config is not None else root / "lra" / f"{task}.yaml"
+    path = config_file(config, "lra") if config is not None else root / "lra" / f"{task}.yaml"
     options: dict[str, Any] = {"task": task}
     if path.is_file() or config is not None:
         data = load_yaml(path)
