@@ -29,7 +29,9 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SequenceLayer", "LayerInputError", "no_autocast", "optim_hint", "ssm_dtype"]
+from seqzoo.tracing import is_tracing
+
+__all__ = ["SequenceLayer", "LayerInputError", "is_tracing", "no_autocast", "optim_hint", "ssm_dtype"]
 
 
 class LayerInputError(ValueError):
@@ -166,6 +168,8 @@ class SequenceLayer(nn.Module):
         params = list(self.parameters())
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return fn()
+        if is_tracing():  # a compiled graph / CUDA graph holds the computation itself
+            return fn()
         sig = (key, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
         store = self.__dict__.setdefault("_seqzoo_cache", {})
         hit = store.get(key)
@@ -294,7 +298,7 @@ class SequenceLayer(nn.Module):
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
             raise LayerInputError(f"{self.name}: lengths must be an integer tensor, got {lengths.dtype}")
         lengths = lengths.to(device=x.device, dtype=torch.long)
-        if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > x.shape[1]):
+        if lengths.numel() and not is_tracing() and (int(lengths.min()) < 0 or int(lengths.max()) > x.shape[1]):
             raise LayerInputError(
                 f"{self.name}: lengths must lie in [0, L={x.shape[1]}], got min {int(lengths.min())}, "
                 f"max {int(lengths.max())}"
