@@ -161,16 +161,19 @@ class SequenceLayer(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ caching
-    def cached(self, key: Any, fn):
-        """``fn()``, memoised while the parameters are unchanged and no gradient is being
-        recorded (recurrent inference reuses discretised matrices across steps). With
-        autograd on, it recomputes so every graph is fresh."""
-        params = list(self.parameters())
+    def cached(self, key: Any, fn, deps: tuple[Tensor, ...] | None = None):
+        """``fn()``, memoised while the tensors it depends on are unchanged and no gradient is
+        being recorded (recurrent inference reuses discretised matrices across steps). With
+        autograd on, it recomputes so every graph is fresh; so it does while a graph is traced
+        or captured (the graph then holds the computation). ``deps``: the parameters/buffers
+        ``fn`` reads (default: all parameters); naming the few it needs keeps the check cheap
+        (a decode step pays it for every token)."""
+        params = list(self.parameters()) if deps is None else deps
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return fn()
-        if is_tracing():  # a compiled graph / CUDA graph holds the computation itself
+        if is_tracing():
             return fn()
-        sig = (key, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
+        sig = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         store = self.__dict__.setdefault("_seqzoo_cache", {})
         hit = store.get(key)
         if hit is not None and hit[0] == sig:
@@ -203,6 +206,7 @@ class SequenceLayer(nn.Module):
         # the kept tensors' values before the cast (.data: the storage, not the Parameter,
         # whose .data the cast replaces), restored on the cast's device if it lowered them
         before = {n: t.data for n, t in self._fp32_tensors().items()}
+        self.__dict__.pop("_seqzoo_ref", None)  # the reference tensor may change (see _reference_tensor)
         super()._apply(fn, recurse)
         for name, after in self._fp32_tensors().items():
             if after.dtype in (torch.float16, torch.bfloat16) and before[name].dtype not in (torch.float16, torch.bfloat16):
@@ -217,12 +221,16 @@ class SequenceLayer(nn.Module):
     # ------------------------------------------------------------------ validation
     def _reference_tensor(self) -> Tensor | None:
         """The parameter whose device and dtype inputs are checked against: the first
-        floating-point one that module casts reach (not one kept in fp32)."""
+        floating-point one that module casts reach (not one kept in fp32). Found once and
+        kept until the next module cast (``_apply``), which may replace parameters; its
+        device and dtype are read at each check."""
+        hit = self.__dict__.get("_seqzoo_ref")
+        if hit is not None:
+            return hit[0]
         kept = {id(t) for t in self._fp32_tensors().values()}
-        for p in self.parameters():
-            if p.is_floating_point() and id(p) not in kept:
-                return p
-        return None
+        ref = next((p for p in self.parameters() if p.is_floating_point() and id(p) not in kept), None)
+        self.__dict__["_seqzoo_ref"] = (ref,)
+        return ref
 
     def _check_x(self, x: Any, *, rank: int, what: str) -> None:
         shape = "(B, L, D)" if rank == 3 else "(B, D)"
@@ -275,12 +283,17 @@ class SequenceLayer(nn.Module):
     def _check_state_shapes(self, state: tuple) -> None:
         """Compare each state tensor's non-batch shape with a fresh state's; layers whose
         state grows (KV caches) override this."""
-        fresh = self._init_state(1, torch.device("meta"), torch.float32)
-        for field, got, want in zip(state._fields, state, fresh):
-            if isinstance(got, Tensor) and isinstance(want, Tensor) and got.shape[1:] != want.shape[1:]:
+        want_shapes = self.__dict__.get("_seqzoo_state_shapes")
+        if want_shapes is None:  # from the options alone: computed once
+            fresh = self._init_state(1, torch.device("meta"), torch.float32)
+            want_shapes = self.__dict__["_seqzoo_state_shapes"] = tuple(
+                t.shape[1:] if isinstance(t, Tensor) else None for t in fresh
+            )
+        for field, got, want in zip(state._fields, state, want_shapes):
+            if isinstance(got, Tensor) and want is not None and got.shape[1:] != want:
                 raise LayerInputError(
                     f"{self.name}: state.{field} has shape {tuple(got.shape)}, expected (B, "
-                    f"{', '.join(map(str, want.shape[1:]))}); is it from a layer with other options?"
+                    f"{', '.join(map(str, want))}); is it from a layer with other options?"
                 )
 
     def _check_lengths(self, lengths: Any, x: Tensor) -> Tensor:

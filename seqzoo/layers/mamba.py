@@ -36,7 +36,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from seqzoo.layer import LayerInputError, SequenceLayer, optim_hint, ssm_dtype
-from seqzoo.ops import causal_conv1d, causal_conv1d_update, selective_scan
+from seqzoo.ops import causal_conv1d, selective_scan
 from seqzoo.registry import register
 
 
@@ -169,27 +169,29 @@ class Mamba(SequenceLayer):
         return out, MambaState(conv_last.to(x.dtype), h) if return_state else None
 
     def _step(self, x_t, state):
-        """One token: the same selective scan with L = 1 (one fused call instead of a dozen
-        small tensor ops): h = exp(Δ A) h + Δ x B, y = (<C, h> + D x) silu(z)."""
+        """One token (Algorithm 2 with L = 1, eq. (2a)/(2b)), as few small tensor ops as the
+        recurrence needs: decoding calls this once per token and layer, so per-op overhead,
+        not arithmetic, is its cost. A = -exp(A_log) and D are cached between steps.
+
+            xc = silu(Σ_k w_k window_k + b)             the conv's last W inputs
+            h  = exp(Δ A) ⊙ h + (Δ xc) Bᵀ,  y = h C + D xc,  out = out_proj(y · silu(z))
+        """
         dtype = ssm_dtype(x_t)
-        xi, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
-        xc, conv_state = causal_conv1d_update(xi, state.conv_state, self.conv_weight, self.conv.bias, "silu")
-        dt, Bm, Cm = self._split_x_dbl(xc)  # (B, E), (B, N), (B, N)
-        A, Dskip, dt_bias = self.cached(("ssm", dtype), lambda: self._ssm_params(dtype))
-        y, h = selective_scan(
-            xc.to(dtype)[..., None],
-            dt.to(dtype)[..., None],
-            A,
-            Bm.to(dtype)[..., None],
-            Cm.to(dtype)[..., None],
-            Dskip,
-            z.to(dtype)[..., None],
-            dt_bias,
-            delta_softplus=True,
-            initial_state=state.ssm_state,
-            return_final_state=True,
-        )  # (B, E, 1), (B, E, N)
-        return self.out_proj(y[..., 0].to(x_t.dtype)), MambaState(conv_state, h)
+        E = self.d_inner
+        A, Dskip = self.cached(("step", dtype), lambda: (-torch.exp(self.A_log.to(dtype)), self.D.to(dtype)),
+                               deps=(self.A_log, self.D))
+        xz = self.in_proj(x_t)  # (B, 2E)
+        xi = xz[:, :E]
+        window = torch.cat([state.conv_state.to(xi.dtype), xi[..., None]], dim=-1)  # (B, E, W)
+        u = torch.linalg.vecdot(window.to(dtype), self.conv_weight.to(dtype))  # (B, E), in at least fp32
+        if self.conv.bias is not None:
+            u = u + self.conv.bias.to(dtype)
+        u = F.silu(u)
+        dt, Bm, Cm = self._split_x_dbl(u.to(xi.dtype))  # (B, E), (B, N), (B, N)
+        dt = F.softplus(dt.to(dtype) + self.dt_proj.bias.to(dtype))
+        h = torch.addcmul(torch.exp(dt[..., None] * A) * state.ssm_state, (dt * u)[..., None], Bm.to(dtype)[:, None, :])
+        y = torch.addcmul(torch.linalg.vecdot(h, Cm.to(dtype)[:, None, :]), Dskip, u) * F.silu(xz[:, E:].to(dtype))
+        return self.out_proj(y.to(x_t.dtype)), MambaState(window[..., 1:], h)
 
     def _check_state_shapes(self, state):
         E, N, W = self.d_inner, self.config.d_state, self.config.d_conv
