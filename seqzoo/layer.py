@@ -16,6 +16,8 @@ Class flags say what a layer supports:
     supports_step    has a recurrent form (``step``)
     supports_state   ``forward`` can start from / return a carried state
     supports_lengths understands ``lengths`` for right-padded batches
+    state_grows      the state's shape changes from step to step (a KV cache): no fixed
+                     buffers, so no CUDA-graph decoding
 
 A layer whose recurrent form is switched off by an option (e.g. ``bidirectional=True``)
 reports it through ``step_disabled_reason()``; ``step`` then raises naming that option.
@@ -47,6 +49,7 @@ class SequenceLayer(nn.Module):
     supports_step: ClassVar[bool] = True
     supports_state: ClassVar[bool] = True
     supports_lengths: ClassVar[bool] = False
+    state_grows: ClassVar[bool] = False
     # Option sets the generated layer tests build this layer with (besides the defaults).
     test_variants: ClassVar[tuple[dict[str, Any], ...]] = ({},)
     # Filled by @register
@@ -164,14 +167,16 @@ class SequenceLayer(nn.Module):
     def cached(self, key: Any, fn, deps: tuple[Tensor, ...] | None = None):
         """``fn()``, memoised while the tensors it depends on are unchanged and no gradient is
         being recorded (recurrent inference reuses discretised matrices across steps). With
-        autograd on, it recomputes so every graph is fresh; so it does while a graph is traced
-        or captured (the graph then holds the computation). ``deps``: the parameters/buffers
-        ``fn`` reads (default: all parameters); naming the few it needs keeps the check cheap
-        (a decode step pays it for every token)."""
+        autograd on, it recomputes so every graph is fresh; so it does under ``torch.compile``
+        (the compiled graph holds the computation: the check below reads tensor metadata
+        Dynamo cannot trace). While a CUDA graph is captured the check works as in eager mode,
+        so a capture after a warm-up step replays with the cached tensors. ``deps``: the
+        parameters/buffers ``fn`` reads (default: all parameters); naming the few it needs
+        keeps the check cheap (a decode step pays it for every token)."""
         params = list(self.parameters()) if deps is None else deps
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return fn()
-        if is_tracing():
+        if torch.compiler.is_compiling():
             return fn()
         sig = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         store = self.__dict__.setdefault("_seqzoo_cache", {})

@@ -252,65 +252,79 @@ def decode_sweep(layers: Sequence[str] | None = None, *, d_model: int = 256, n_l
     (default options, ``l_max`` = the longest context), a random prompt of ``context``
     tokens. ``prefill_s``: the parallel form over the prompt (:func:`~seqzoo.models.generate.prefill`);
     ``decode_s``: the median time per token of ``new_tokens`` greedy steps from that state
-    (``repeats`` runs); ``state_bytes``: the state the decoder carries after the prompt.
+    (``repeats`` runs, interleaved across the contexts so that load on a shared machine hits
+    them alike); ``state_bytes``: the state the decoder carries after the prompt.
     ``mode``: the :class:`~seqzoo.models.generate.Decoder` mode; "auto" is "eager" on a CPU
-    and "cuda_graph" on a GPU, except for attention (its KV cache grows: "eager")."""
+    and "cuda_graph" on a GPU, except for layers whose state grows (attention's KV cache:
+    "eager")."""
     import seqzoo
-    from seqzoo.models.generate import Decoder, prefill
 
     device = torch.device(device)
     if layers:
         names = list(layers)
     else:  # every layer whose default options have a recurrent form
         names = [n for n in seqzoo.list_layers() if seqzoo.build(n, d_model=8, **layer_options(n, 8)).can_step()]
-    work = [(n, c) for n in names for c in contexts]
-    it = work
+    it = names
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(work, desc="bench decode", unit="point")
+        it = tqdm(names, desc="bench decode", unit="layer")
     rows: list[dict[str, Any]] = []
-    model = built = None
-    for name, context in it:
-        if built != name:
-            torch.manual_seed(seed)
-            model = seqzoo.build_model(name, d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, head="lm",
-                                       layer_options=layer_options(name, max(contexts))).to(device).eval()
-            built = name
-            with torch.inference_mode():  # warm-up: first-call work (caches, backend choice) is not timed
-                prefill(model, torch.randint(0, vocab_size, (batch, 16), device=device))
-        how = mode if mode != "auto" else ("cuda_graph" if device.type == "cuda" and name != "attention" else "eager")
-        rows.append({"layer": name, "context": context, "device": device.type, "mode": how, "d_model": d_model,
-                     "n_layers": n_layers, "batch": batch, "new_tokens": new_tokens,
-                     **_decode_point(model, Decoder(model, how), context, batch, vocab_size, new_tokens, repeats)})
+    for name in it:
+        torch.manual_seed(seed)
+        model = seqzoo.build_model(name, d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, head="lm",
+                                   layer_options=layer_options(name, max(contexts))).to(device).eval()
+        grows = any(m.state_grows for m in model.mixers)
+        how = mode if mode != "auto" else ("cuda_graph" if device.type == "cuda" and not grows else "eager")
+        base = {"layer": name, "device": device.type, "mode": how, "d_model": d_model, "n_layers": n_layers,
+                "batch": batch, "new_tokens": new_tokens}
+        points = _decode_points(model, how, contexts, batch, vocab_size, new_tokens, repeats)
+        rows += [{**base, "context": c, **points[c]} for c in contexts]
     return rows
 
 
 @torch.inference_mode()
-def _decode_point(model, decoder, context: int, batch: int, vocab_size: int, new_tokens: int,
-                  repeats: int) -> dict[str, Any]:
-    from seqzoo.models.generate import prefill
+def _decode_points(model, mode: str, contexts: Sequence[int], batch: int, vocab_size: int, new_tokens: int,
+                   repeats: int) -> dict[int, dict[str, Any]]:
+    """Prefill each context (timed), then time decoding from every context's state, interleaved."""
+    from seqzoo.models.generate import Decoder, prefill
 
     device = next(model.parameters()).device
-    prompt = torch.randint(0, vocab_size, (batch, context), device=device)
-    out = {}
-    t_prefill = median_times(_synced({"p": lambda: out.update(zip(("logits", "state"), prefill(model, prompt)))},
-                                     device), repeats=1 if context >= 8192 else 3, warmup=0)["p"]
-    state = out["state"]
-    state_bytes = sum(t.numel() * t.element_size() for s in state for t in s if isinstance(t, torch.Tensor))
-    tok = out["logits"].argmax(-1)
+    prefill(model, torch.randint(0, vocab_size, (batch, 16), device=device))  # first-call work is not timed
+    out: dict[int, dict[str, Any]] = {}
+    live: dict[int, list] = {}  # context -> [decoder, token, state]
+    for c in contexts:
+        prompt = torch.randint(0, vocab_size, (batch, c), device=device)
+        res: dict[str, Any] = {}
 
-    def decode():
-        nonlocal tok, state
-        for _ in range(new_tokens):
+        def run_prefill(res=res, prompt=prompt):
+            res.update(zip(("logits", "state"), prefill(model, prompt)))
+
+        t = median_times(_synced({"p": run_prefill}, device), repeats=1 if c >= 8192 else 3, warmup=0)["p"]
+        state = res["state"]
+        nbytes = sum(t_.numel() * t_.element_size() for s in state for t_ in s if isinstance(t_, torch.Tensor))
+        out[c] = {"prefill_s": t, "prefill_tok_s": batch * c / t, "state_bytes": nbytes}
+        decoder = Decoder(model, mode)  # one per context: a CUDA graph's buffers hold one state
+        tok = res["logits"].argmax(-1)
+        for _ in range(3):  # warm-up (and, for "cuda_graph", the capture)
             logits, state = decoder(tok, state)
             tok = logits.argmax(-1)
+        live[c] = [decoder, tok, state]
 
-    for _ in range(3):  # warm-up (and, for "cuda_graph", the capture)
-        logits, state = decoder(tok, state)
-    t = median_times(_synced({"d": decode}, device), repeats=repeats, warmup=0)["d"] / new_tokens
-    return {"prefill_s": t_prefill, "prefill_tok_s": batch * context / t_prefill, "decode_s": t,
-            "decode_tok_s": batch / t, "state_bytes": state_bytes}
+    def run(c):
+        def decode():
+            decoder, tok, state = live[c]
+            for _ in range(new_tokens):
+                logits, state = decoder(tok, state)
+                tok = logits.argmax(-1)
+            live[c][1:] = [tok, state]
+
+        return decode
+
+    times = median_times(_synced({c: run(c) for c in contexts}, device), repeats=repeats, warmup=0)
+    for c in contexts:
+        out[c].update(decode_s=times[c] / new_tokens, decode_tok_s=batch * new_tokens / times[c])
+    return out
 
 
 def decode_table(rows: list[dict[str, Any]]) -> str:

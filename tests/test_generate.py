@@ -143,8 +143,11 @@ def test_generate_rejects_bad_requests():
     bi = seqzoo.build_model("s4d", d_model=16, n_layers=1, vocab_size=V, head="lm", layer_options={"bidirectional": True})
     with pytest.raises(NotImplementedError, match="bidirectional"):
         bi.generate(prompts, 3)
-    with pytest.raises(ValueError, match="cuda"):
+    with pytest.raises(ValueError, match="CUDA device"):
         Decoder(model, "cuda_graph")(prompts[:, 0], model.init_state(2))
+    att = _lm("attention", {})
+    with pytest.raises(ValueError, match="fixed-shape states.*attention"):
+        Decoder(att, "cuda_graph")(prompts[:, 0], att.init_state(2))
 
 
 @pytest.mark.parametrize("name, variant", CAUSAL)
@@ -185,3 +188,19 @@ def test_compiled_decoder_equals_eager():
     model = _lm("mamba", {})
     prompts = torch.randint(0, V, (2, 6))
     assert torch.equal(model.generate(prompts, 8, mode="compile"), model.generate(prompts, 8))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", ["mamba", "s4d", "mamba2", "gau"])
+def test_cuda_graph_decoder_equals_eager(name):
+    """Decoding replayed from a captured CUDA graph gives the eager tokens (float32 on the GPU;
+    greedy over 16 tokens, ragged prompts)."""
+    variant = next(c.values[1] for c in CAUSAL if c.values[0] == name)
+    torch.manual_seed(0)
+    model = seqzoo.build_model(name, d_model=32, n_layers=2, vocab_size=V, head="lm",
+                               layer_options=dict(variant)).cuda().eval()
+    prompts = torch.randint(0, V, (3, 9), device="cuda")
+    lengths = torch.tensor([9, 4, 1], device="cuda")
+    eager = model.generate(prompts, 16, lengths=lengths)
+    assert torch.equal(model.generate(prompts, 16, lengths=lengths, mode="cuda_graph"), eager)

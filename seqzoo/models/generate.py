@@ -162,12 +162,12 @@ class Decoder:
 
     # ---------------------------------------------------------------- CUDA graphs
     def _capture(self, tokens: Tensor, state) -> None:
+        grows = [m.name for m in self.model.mixers if m.state_grows]
+        if grows:
+            raise ValueError(f"mode='cuda_graph' needs fixed-shape states, but the {grows[0]} layer's state grows "
+                             "by a token per step (a KV cache); use mode='eager' or 'compile'")
         if tokens.device.type != "cuda":
             raise ValueError(f"mode='cuda_graph' needs the model and tokens on a CUDA device, got {tokens.device}")
-        grows = [m.name for m in self.model.mixers if m.name == "attention"]
-        if grows:
-            raise ValueError("mode='cuda_graph' needs fixed-shape states, but attention's KV cache grows by one "
-                             "token per step; use mode='eager' or 'compile'")
         self._tokens = tokens.clone()
         self._state = tuple(type(s)(*(t.clone() if isinstance(t, Tensor) else t for t in s)) for s in state)
         # warm up on a side stream (first-call work: caches, backend probes, allocator), then capture
