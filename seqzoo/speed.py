@@ -335,7 +335,7 @@ def decode_table(rows: list[dict[str, Any]]) -> str:
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     t1 = table(("layer", "context", "mode", "prefill tok/s", "decode ms/token", "decode tok/s", "state MB"),
                [(r["layer"], r["context"], r["mode"], f"{r['prefill_tok_s']:,.0f}", f"{1e3 * r['decode_s']:.3f}",
-                 f"{r['decode_tok_s']:,.0f}", f"{r['state_bytes'] / 2**20:.2f}") for r in rows])
+                 f"{r['decode_tok_s']:,.0f}", f"{r['state_bytes'] / 2**20:.3g}") for r in rows])
     lo, hi = contexts[0], contexts[-1]
     t2 = table(("layer", *[f"ms/token at {c}" for c in contexts], f"{hi} / {lo}"),
                [(n, *[f"{1e3 * by[(n, c)]['decode_s']:.3f}" if (n, c) in by else "–" for c in contexts],
