@@ -16,6 +16,7 @@ BUILD_HINT = (
 
 _loaded: bool | None = None
 _error: str | None = None
+_kernels: dict[tuple[str, str], bool] = {}
 
 
 def available() -> bool:
@@ -37,14 +38,23 @@ def load_error() -> str | None:
     return _error
 
 
+@torch.compiler.assume_constant_result
 def has_kernel(op: str, device_type: str) -> bool:
-    """True when ``torch.ops.seqzoo.<op>`` has a kernel for ``device_type`` ("cpu"/"cuda")."""
+    """True when ``torch.ops.seqzoo.<op>`` has a kernel for ``device_type`` ("cpu"/"cuda").
+    Asked of the dispatcher once per (op, device type): the answer cannot change after the
+    extension loaded, and the lookup costs more than a decode step's small ops. A constant
+    for ``torch.compile`` (the dispatcher query is no tensor op: it would break the graph)."""
+    hit = _kernels.get((op, device_type))
+    if hit is not None:
+        return hit
     if not available():
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     if key is None:
         return False
     try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(f"seqzoo::{op}", key)
+        found = torch._C._dispatch_has_kernel_for_dispatch_key(f"seqzoo::{op}", key)
     except RuntimeError:  # op not registered at all
-        return False
+        found = False
+    _kernels[(op, device_type)] = found
+    return found

@@ -6,8 +6,9 @@
                                            also under ``torchrun --nproc_per_node=K -m seqzoo.cli train ...``;
                                            exits 75 when preempted (SIGTERM/SIGUSR1), see ``train --help``
     seqzoo bench lra --preset quick        every layer x every task: results.jsonl, results.md, accuracy.png
-    seqzoo bench modes                     every layer: parallel vs recurrent (difference, time, memory, latency)
-    seqzoo bench speed                     time and memory against L for both modes; step latency vs position
+    seqzoo bench modes [--device cuda]     every layer: parallel vs recurrent (difference, time, memory, latency)
+    seqzoo bench speed [--device cuda]     time and memory against L for both modes; step latency vs position
+    seqzoo bench decode [--device cuda]    LM per layer at contexts 1k-64k: prefill tok/s, decode ms/token, state MB
     seqzoo demo                            every layer: parallel vs recurrent, max difference and time
     seqzoo tokenizer ...                   train / evaluate / compare VQ, FSQ and Gumbel tokenizers (seqzoo.quant)
     seqzoo configs export DIR              copy the configs (layers, lra, presets, recipes, tokenizer) out to edit;
@@ -39,7 +40,7 @@ _mount_subcommands()
 
 
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                        help="Benchmarks: the LRA-style suite, parallel vs recurrent modes, speed against L.")
+                        help="Benchmarks: the LRA-style suite, parallel vs recurrent modes, speed against L, decoding.")
 app.add_typer(bench_app, name="bench")
 
 
@@ -216,21 +217,21 @@ def bench_modes(
     batch: Annotated[int, typer.Option()] = 1,
     repeats: Annotated[int, typer.Option(help="timed repeats (medians)")] = 3,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/bench/modes"),
 ) -> None:
     """Every layer, parallel vs recurrent inference on one sequence: max difference, time and
     peak memory of each mode, per-token step latency. One table (modes.md) and one plot (modes.png)."""
     from seqzoo.speed import compare_modes, modes_table, plot_modes
 
-    if threads:
-        torch.set_num_threads(threads)
+    dev = _device(device, threads)
     try:
-        rows = compare_modes(_names(layers), d_model=d_model, length=length, batch=batch, repeats=repeats)
+        rows = compare_modes(_names(layers), d_model=d_model, length=length, batch=batch, repeats=repeats, device=dev)
     except ConfigError as e:
         _fail(e)
     _write_bench(out, "modes", rows, plot_modes,
-                 f"seqzoo bench modes: B={batch}, L={length}, d_model={d_model}, float32, "
-                 f"{torch.get_num_threads()} thread(s), torch {torch.__version__}\n\n" + modes_table(rows))
+                 f"seqzoo bench modes: B={batch}, L={length}, d_model={d_model}, float32, {_where(dev)}, "
+                 f"torch {torch.__version__}\n\n" + modes_table(rows))
 
 
 @bench_app.command("speed")
@@ -243,14 +244,14 @@ def bench_speed(
     repeats: Annotated[int, typer.Option(help="timed repeats (medians)")] = 3,
     max_recurrent_length: Annotated[int, typer.Option(help="longest L timed in the recurrent form")] = 4096,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/bench/speed"),
 ) -> None:
     """Time and peak memory against L for the parallel and recurrent forms of every layer,
     and step latency against position: speed.md, speed.jsonl, speed.png."""
     from seqzoo.speed import plot_speed, speed_sweep, speed_tables
 
-    if threads:
-        torch.set_num_threads(threads)
+    dev = _device(device, threads)
     try:
         Ls = [int(v) for v in lengths.split(",") if v.strip()]
         Ps = [int(v) for v in positions.split(",") if v.strip()]
@@ -258,12 +259,71 @@ def bench_speed(
         _fail(ValueError(f"--lengths/--positions must be comma-separated integers, got {lengths!r}, {positions!r}"))
     try:
         rows = speed_sweep(_names(layers), d_model=d_model, lengths=Ls, positions=Ps, batch=batch, repeats=repeats,
-                           max_recurrent_length=max_recurrent_length)
+                           max_recurrent_length=max_recurrent_length, device=dev)
     except ConfigError as e:
         _fail(e)
     _write_bench(out, "speed", rows, plot_speed,
-                 f"seqzoo bench speed: B={batch}, d_model={d_model}, float32, {torch.get_num_threads()} thread(s), "
+                 f"seqzoo bench speed: B={batch}, d_model={d_model}, float32, {_where(dev)}, "
                  f"torch {torch.__version__}\n\n" + speed_tables(rows))
+
+
+@bench_app.command("decode")
+def bench_decode(
+    layers: Annotated[str | None, typer.Option(help="comma-separated layers [default: every layer with a recurrent form]")] = None,
+    contexts: Annotated[str, typer.Option(help="comma-separated prompt lengths (the context of the timed steps)")] = "1024,4096,16384",
+    d_model: Annotated[int, typer.Option()] = 256,
+    n_layers: Annotated[int, typer.Option(help="blocks of the language model")] = 4,
+    batch: Annotated[int, typer.Option()] = 1,
+    new_tokens: Annotated[int, typer.Option(help="decode steps per timed run")] = 32,
+    repeats: Annotated[int, typer.Option(help="timed runs (medians)")] = 5,
+    mode: Annotated[str, typer.Option(help="auto | eager | compile | cuda_graph (auto: eager on CPU, CUDA graphs on GPU)")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
+    out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/bench/decode"),
+) -> None:
+    """A language model around every layer at each context: prefill tokens/s (parallel form
+    over the prompt), decode ms/token and tokens/s (recurrent form), and the state the
+    decoder carries (attention: its KV cache): decode.md, decode.jsonl, decode.png."""
+    from seqzoo.speed import decode_sweep, decode_table, plot_decode
+
+    dev = _device(device, threads)
+    if mode not in ("auto", "eager", "compile", "cuda_graph"):
+        _fail(ValueError(f"--mode must be auto, eager, compile or cuda_graph, got {mode!r}"))
+    try:
+        Cs = [int(v) for v in contexts.split(",") if v.strip()]
+    except ValueError:
+        _fail(ValueError(f"--contexts must be comma-separated integers, got {contexts!r}"))
+    if not Cs or min(Cs) < 1:
+        _fail(ValueError(f"--contexts must be positive, got {contexts!r}"))
+    try:
+        rows = decode_sweep(_names(layers), d_model=d_model, n_layers=n_layers, contexts=Cs, new_tokens=new_tokens,
+                            batch=batch, device=dev, mode=mode, repeats=repeats)
+    except (ConfigError, ValueError) as e:
+        _fail(e)
+    _write_bench(out, "decode", rows, plot_decode,
+                 f"seqzoo bench decode: {n_layers} layers, d_model={d_model}, B={batch}, float32, {_where(dev)}, "
+                 f"{new_tokens} tokens per run, torch {torch.__version__}\n\n" + decode_table(rows))
+
+
+def _device(device: str, threads: int | None) -> torch.device:
+    """The benchmark's device (a clear error when it is not there); sets the CPU threads."""
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        _fail(ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        _fail(ValueError("--device cuda: no CUDA device here (torch.cuda.is_available() is False)"))
+    if dev.type not in ("cpu", "cuda"):
+        _fail(ValueError(f"--device must be cpu or cuda, got {device!r}"))
+    return dev
+
+
+def _where(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)}"
+    return f"CPU, {torch.get_num_threads()} thread(s)"
 
 
 def _write_bench(out: Path, stem: str, rows: list[dict], plot, text: str) -> None:

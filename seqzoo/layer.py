@@ -16,6 +16,8 @@ Class flags say what a layer supports:
     supports_step    has a recurrent form (``step``)
     supports_state   ``forward`` can start from / return a carried state
     supports_lengths understands ``lengths`` for right-padded batches
+    state_grows      the state's shape changes from step to step (a KV cache): no fixed
+                     buffers, so no CUDA-graph decoding
 
 A layer whose recurrent form is switched off by an option (e.g. ``bidirectional=True``)
 reports it through ``step_disabled_reason()``; ``step`` then raises naming that option.
@@ -29,7 +31,9 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SequenceLayer", "LayerInputError", "no_autocast", "optim_hint", "ssm_dtype"]
+from seqzoo.tracing import is_tracing
+
+__all__ = ["SequenceLayer", "LayerInputError", "is_tracing", "no_autocast", "optim_hint", "ssm_dtype"]
 
 
 class LayerInputError(ValueError):
@@ -45,6 +49,7 @@ class SequenceLayer(nn.Module):
     supports_step: ClassVar[bool] = True
     supports_state: ClassVar[bool] = True
     supports_lengths: ClassVar[bool] = False
+    state_grows: ClassVar[bool] = False
     # Option sets the generated layer tests build this layer with (besides the defaults).
     test_variants: ClassVar[tuple[dict[str, Any], ...]] = ({},)
     # Filled by @register
@@ -159,14 +164,21 @@ class SequenceLayer(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ caching
-    def cached(self, key: Any, fn):
-        """``fn()``, memoised while the parameters are unchanged and no gradient is being
-        recorded (recurrent inference reuses discretised matrices across steps). With
-        autograd on, it recomputes so every graph is fresh."""
-        params = list(self.parameters())
+    def cached(self, key: Any, fn, deps: tuple[Tensor, ...] | None = None):
+        """``fn()``, memoised while the tensors it depends on are unchanged and no gradient is
+        being recorded (recurrent inference reuses discretised matrices across steps). With
+        autograd on, it recomputes so every graph is fresh; so it does under ``torch.compile``
+        (the compiled graph holds the computation: the check below reads tensor metadata
+        Dynamo cannot trace). While a CUDA graph is captured the check works as in eager mode,
+        so a capture after a warm-up step replays with the cached tensors. ``deps``: the
+        parameters/buffers ``fn`` reads (default: all parameters); naming the few it needs
+        keeps the check cheap (a decode step pays it for every token)."""
+        params = list(self.parameters()) if deps is None else deps
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return fn()
-        sig = (key, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
+        if torch.compiler.is_compiling():
+            return fn()
+        sig = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         store = self.__dict__.setdefault("_seqzoo_cache", {})
         hit = store.get(key)
         if hit is not None and hit[0] == sig:
@@ -199,6 +211,7 @@ class SequenceLayer(nn.Module):
         # the kept tensors' values before the cast (.data: the storage, not the Parameter,
         # whose .data the cast replaces), restored on the cast's device if it lowered them
         before = {n: t.data for n, t in self._fp32_tensors().items()}
+        self.__dict__.pop("_seqzoo_ref", None)  # the reference tensor may change (see _reference_tensor)
         super()._apply(fn, recurse)
         for name, after in self._fp32_tensors().items():
             if after.dtype in (torch.float16, torch.bfloat16) and before[name].dtype not in (torch.float16, torch.bfloat16):
@@ -213,12 +226,16 @@ class SequenceLayer(nn.Module):
     # ------------------------------------------------------------------ validation
     def _reference_tensor(self) -> Tensor | None:
         """The parameter whose device and dtype inputs are checked against: the first
-        floating-point one that module casts reach (not one kept in fp32)."""
+        floating-point one that module casts reach (not one kept in fp32). Found once and
+        kept until the next module cast (``_apply``), which may replace parameters; its
+        device and dtype are read at each check."""
+        hit = self.__dict__.get("_seqzoo_ref")
+        if hit is not None:
+            return hit[0]
         kept = {id(t) for t in self._fp32_tensors().values()}
-        for p in self.parameters():
-            if p.is_floating_point() and id(p) not in kept:
-                return p
-        return None
+        ref = next((p for p in self.parameters() if p.is_floating_point() and id(p) not in kept), None)
+        self.__dict__["_seqzoo_ref"] = (ref,)
+        return ref
 
     def _check_x(self, x: Any, *, rank: int, what: str) -> None:
         shape = "(B, L, D)" if rank == 3 else "(B, D)"
@@ -271,12 +288,17 @@ class SequenceLayer(nn.Module):
     def _check_state_shapes(self, state: tuple) -> None:
         """Compare each state tensor's non-batch shape with a fresh state's; layers whose
         state grows (KV caches) override this."""
-        fresh = self._init_state(1, torch.device("meta"), torch.float32)
-        for field, got, want in zip(state._fields, state, fresh):
-            if isinstance(got, Tensor) and isinstance(want, Tensor) and got.shape[1:] != want.shape[1:]:
+        want_shapes = self.__dict__.get("_seqzoo_state_shapes")
+        if want_shapes is None:  # from the options alone: computed once
+            fresh = self._init_state(1, torch.device("meta"), torch.float32)
+            want_shapes = self.__dict__["_seqzoo_state_shapes"] = tuple(
+                t.shape[1:] if isinstance(t, Tensor) else None for t in fresh
+            )
+        for field, got, want in zip(state._fields, state, want_shapes):
+            if isinstance(got, Tensor) and want is not None and got.shape[1:] != want:
                 raise LayerInputError(
                     f"{self.name}: state.{field} has shape {tuple(got.shape)}, expected (B, "
-                    f"{', '.join(map(str, want.shape[1:]))}); is it from a layer with other options?"
+                    f"{', '.join(map(str, want))}); is it from a layer with other options?"
                 )
 
     def _check_lengths(self, lengths: Any, x: Tensor) -> Tensor:
@@ -294,7 +316,7 @@ class SequenceLayer(nn.Module):
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
             raise LayerInputError(f"{self.name}: lengths must be an integer tensor, got {lengths.dtype}")
         lengths = lengths.to(device=x.device, dtype=torch.long)
-        if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > x.shape[1]):
+        if lengths.numel() and not is_tracing() and (int(lengths.min()) < 0 or int(lengths.max()) > x.shape[1]):
             raise LayerInputError(
                 f"{self.name}: lengths must lie in [0, L={x.shape[1]}], got min {int(lengths.min())}, "
                 f"max {int(lengths.max())}"

@@ -1,4 +1,5 @@
-"""Parallel vs recurrent inference of every layer: ``seqzoo bench modes`` and ``seqzoo bench speed``.
+"""Parallel vs recurrent inference of every layer: ``seqzoo bench modes``, ``seqzoo bench speed``
+and ``seqzoo bench decode``, on a CPU or a GPU (``device``).
 
 - :func:`compare_modes`: for each layer, one sequence through the parallel form and
   through the step loop: the outputs' max difference, time and peak memory of each mode
@@ -6,12 +7,17 @@
   end of the sequence).
 - :func:`speed_sweep`: time and peak memory against the length L for both modes, and
   step latency against the position (the state after a prefill of that many tokens).
+- :func:`decode_sweep`: a full language model (``n_layers`` blocks) per layer at contexts
+  of 1k to 64k tokens: prefill tokens/s (parallel form over the prompt), decode latency per
+  token and tokens/s (recurrent form, :class:`seqzoo.models.generate.Decoder`: eager, or on
+  a GPU replayed from a CUDA graph), and the bytes of the state the decoder carries: a
+  constant for the recurrent layers, attention's KV cache growing with the context.
 
 Times are medians of interleaved repeats and memory the peak extra bytes while a call runs
-(:mod:`seqzoo.timing`), measured after all timings with the allocator set to count live
-tensors (:func:`seqzoo.timing.exact_cpu_memory`); the machine is noisy, so compare within
-one run. Inference only
-(``torch.inference_mode``, eval mode), float32, random inputs.
+(:mod:`seqzoo.timing`; on a GPU each call ends with a synchronisation), measured after all
+timings with the allocator set to count live tensors (:func:`seqzoo.timing.exact_cpu_memory`);
+the machine is noisy, so compare within one run. Inference only (``torch.inference_mode``,
+eval mode), float32, random inputs.
 """
 
 from __future__ import annotations
@@ -26,20 +32,43 @@ import torch
 
 from seqzoo.timing import exact_cpu_memory, median_times, peak_memory, table
 
-__all__ = ["build_layer", "step_loop", "compare_modes", "speed_sweep", "modes_table", "speed_tables",
-           "plot_modes", "plot_speed"]
+__all__ = ["build_layer", "layer_options", "step_loop", "compare_modes", "speed_sweep", "decode_sweep", "modes_table",
+           "speed_tables", "decode_table", "plot_modes", "plot_speed", "plot_decode"]
 
 
-def build_layer(name: str, d_model: int, length: int, **options: Any):
-    """A registered layer with its default options (``l_max`` set to ``length`` where it
-    has one, at least ``d_state + 1``), in eval mode."""
+def layer_options(name: str, length: int, **options: Any) -> dict[str, Any]:
+    """``options`` plus ``l_max`` set to ``length`` where the layer has one (at least
+    ``d_state + 1``): the layer's defaults, sized for sequences of ``length``."""
     import seqzoo
 
     fields = {f.name: f for f in dataclasses.fields(seqzoo.get_layer(name).config)}
     if "l_max" in fields and "l_max" not in options:
         d_state = options.get("d_state", fields["d_state"].default if "d_state" in fields else 0)
         options["l_max"] = max(length, d_state + 1)  # RTF's kernel needs more taps than the state
-    return seqzoo.build(name, d_model=d_model, **options).eval()
+    return options
+
+
+def build_layer(name: str, d_model: int, length: int, **options: Any):
+    """A registered layer with its default options (:func:`layer_options`), in eval mode."""
+    import seqzoo
+
+    return seqzoo.build(name, d_model=d_model, **layer_options(name, length, **options)).eval()
+
+
+def _synced(fns: dict[str, Callable[[], Any]], device: torch.device) -> dict[str, Callable[[], Any]]:
+    """On a GPU, each call waits for its kernels (a timing would otherwise see the launch)."""
+    if device.type != "cuda":
+        return fns
+
+    def wrap(fn):
+        def run():
+            out = fn()
+            torch.cuda.synchronize(device)
+            return out
+
+        return run
+
+    return {k: wrap(f) for k, f in fns.items()}
 
 
 def step_loop(layer, x: torch.Tensor, state=None) -> tuple[torch.Tensor, Any]:
@@ -58,10 +87,12 @@ def _mb(n: int) -> float:
 
 
 def compare_modes(layers: Sequence[str] | None = None, *, d_model: int = 64, length: int = 1024, batch: int = 1,
-                  repeats: int = 3, seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+                  repeats: int = 3, seed: int = 0, progress: bool = True,
+                  device: torch.device | str = "cpu") -> list[dict[str, Any]]:
     """One row per layer: max difference, time and memory of each mode, step latency."""
     import seqzoo
 
+    device = torch.device(device)
     layers = list(layers) if layers else seqzoo.list_layers()
     rows = []
     it = layers
@@ -72,23 +103,26 @@ def compare_modes(layers: Sequence[str] | None = None, *, d_model: int = 64, len
     memory = []  # (row, {column: fn}) measured after every timing (see _memory_pass)
     for name in it:
         torch.manual_seed(seed)
-        layer = build_layer(name, d_model, length)
-        x = torch.randn(batch, length, d_model)
+        layer = build_layer(name, d_model, length).to(device)
+        x = torch.randn(batch, length, d_model, device=device)
         row, fns = _modes_row(layer, x, repeats)
-        rows.append({"layer": name, "d_model": d_model, "length": length, "batch": batch, **row})
+        rows.append({"layer": name, "d_model": d_model, "length": length, "batch": batch, "device": device.type, **row})
         memory.append((rows[-1], fns))
-    _memory_pass(memory)
+    _memory_pass(memory, device)
     return rows
 
 
-def _memory_pass(work: list[tuple[dict[str, Any], dict[str, Callable[[], Any]]]]) -> None:
+def _memory_pass(work: list[tuple[dict[str, Any], dict[str, Callable[[], Any]]]],
+                 device: torch.device | str = "cpu") -> None:
     """Peak memory of every (row, column) after all timings: exact_cpu_memory() switches the
     allocator to a mode that counts live tensors but slows allocation, so it comes last."""
-    exact_cpu_memory()
+    device = torch.device(device)
+    if device.type == "cpu":
+        exact_cpu_memory()
     with torch.inference_mode():
         for row, fns in work:
             for column, fn in fns.items():
-                row[column] = _mb(peak_memory(fn))
+                row[column] = _mb(peak_memory(fn, device))
 
 
 @torch.inference_mode()
@@ -96,20 +130,21 @@ def _modes_row(layer, x: torch.Tensor, repeats: int) -> tuple[dict[str, Any], di
     y_par, _ = layer(x)
     if not layer.can_step():
         return ({"can_step": False, "why": layer.step_disabled_reason(),
-                 "parallel_s": median_times({"p": lambda: layer(x)}, repeats=repeats)["p"]},
+                 "parallel_s": median_times(_synced({"p": lambda: layer(x)}, x.device), repeats=repeats)["p"]},
                 {"parallel_mb": lambda: layer(x)})
     y_rec, _ = step_loop(layer, x)  # also the warm-up of the timed loop
-    times = median_times({"parallel": lambda: layer(x), "recurrent": lambda: step_loop(layer, x)},
+    times = median_times(_synced({"parallel": lambda: layer(x), "recurrent": lambda: step_loop(layer, x)}, x.device),
                          repeats=repeats, warmup=0)
     _, state = layer(x[:, :-1])
     x_t = x[:, -1]
     diff = (y_par - y_rec).abs().max()
+    step = _synced({"step": lambda: layer.step(x_t, state)}, x.device)
     row = {
         "can_step": True,
         "max_abs_diff": float(diff),
         "max_rel_diff": float(diff / y_par.abs().max().clamp(min=1e-30)),
         "parallel_s": times["parallel"], "recurrent_s": times["recurrent"],
-        "step_latency_s": median_times({"step": lambda: layer.step(x_t, state)}, repeats=max(21, repeats))["step"],
+        "step_latency_s": median_times(step, repeats=max(21, repeats))["step"],
     }
     return row, {"parallel_mb": lambda: layer(x), "recurrent_mb": lambda: step_loop(layer, x)}
 
@@ -131,13 +166,15 @@ def modes_table(rows: list[dict[str, Any]]) -> str:
 
 def speed_sweep(layers: Sequence[str] | None = None, *, d_model: int = 64, lengths: Sequence[int] = (256, 1024, 4096),
                 positions: Sequence[int] = (1, 256, 1024, 4096), batch: int = 1, repeats: int = 3,
-                max_recurrent_length: int = 4096, seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+                max_recurrent_length: int = 4096, seed: int = 0, progress: bool = True,
+                device: torch.device | str = "cpu") -> list[dict[str, Any]]:
     """Rows ``{"layer", "kind": "length" | "position", ...}``: per (layer, L) the time and
     peak memory of the parallel form and of the step loop over L tokens (the step loop only
     up to ``max_recurrent_length``); per (layer, position) the latency of one step after a
     prefill of ``position`` tokens."""
     import seqzoo
 
+    device = torch.device(device)
     layers = list(layers) if layers else seqzoo.list_layers()
     rows: list[dict[str, Any]] = []
     L_max = max([*lengths, *positions])
@@ -152,9 +189,9 @@ def speed_sweep(layers: Sequence[str] | None = None, *, d_model: int = 64, lengt
     for name, kind, n in it:
         if name not in built:
             torch.manual_seed(seed)
-            built = {name: build_layer(name, d_model, L_max)}
+            built = {name: build_layer(name, d_model, L_max).to(device)}
         layer = built[name]
-        row: dict[str, Any] = {"layer": name, "kind": kind, "d_model": d_model, "batch": batch}
+        row: dict[str, Any] = {"layer": name, "kind": kind, "d_model": d_model, "batch": batch, "device": device.type}
         if kind == "length":
             point, fns = _length_point(layer, n, batch, d_model, repeats, max_recurrent_length)
             row.update(point)
@@ -164,27 +201,30 @@ def speed_sweep(layers: Sequence[str] | None = None, *, d_model: int = 64, lengt
         else:
             continue
         rows.append(row)
-    _memory_pass(memory)
+    _memory_pass(memory, device)
     return rows
 
 
 @torch.inference_mode()
 def _length_point(layer, n: int, batch: int, d_model: int, repeats: int,
                   max_recurrent_length: int) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
-    x = torch.randn(batch, n, d_model)
+    device = next(layer.parameters()).device
+    x = torch.randn(batch, n, d_model, device=device)
     fns: dict[str, Callable[[], Any]] = {"parallel": lambda: layer(x, return_state=False)}
     if layer.can_step() and n <= max_recurrent_length:
         fns["recurrent"] = lambda: step_loop(layer, x)
-    times = median_times(fns, repeats=repeats if n < 4096 else max(1, repeats // 2), warmup=1)
+    times = median_times(_synced(fns, device), repeats=repeats if n < 4096 else max(1, repeats // 2), warmup=1)
     return {"length": n, **{f"{k}_s": v for k, v in times.items()}}, {f"{k}_mb": f for k, f in fns.items()}
 
 
 @torch.inference_mode()
 def _position_point(layer, n: int, batch: int, d_model: int, repeats: int) -> dict[str, Any]:
-    x = torch.randn(batch, n + 1, d_model)
-    state = layer(x[:, :n])[1] if n > 0 else layer.init_state(batch)
+    device = next(layer.parameters()).device
+    x = torch.randn(batch, n + 1, d_model, device=device)
+    state = layer(x[:, :n])[1] if n > 0 else layer.init_state(batch, device=device)
     x_t = x[:, n]
-    return {"position": n, "step_s": median_times({"s": lambda: layer.step(x_t, state)}, repeats=max(21, repeats))["s"]}
+    step = _synced({"s": lambda: layer.step(x_t, state)}, device)
+    return {"position": n, "step_s": median_times(step, repeats=max(21, repeats))["s"]}
 
 
 def speed_tables(rows: list[dict[str, Any]]) -> str:
@@ -202,6 +242,142 @@ def speed_tables(rows: list[dict[str, Any]]) -> str:
     t2 = table(("layer", *[f"step µs at t={p}" for p in positions]),
                [(n, *[f"{1e6 * lat[(n, p)]:.0f}" if (n, p) in lat else "–" for p in positions]) for n in layers])
     return t1 + "\n\n" + t2
+
+
+def decode_sweep(layers: Sequence[str] | None = None, *, d_model: int = 256, n_layers: int = 4,
+                 contexts: Sequence[int] = (1024, 4096, 16384), new_tokens: int = 32, batch: int = 1,
+                 vocab_size: int = 256, device: torch.device | str = "cpu", mode: str = "auto", repeats: int = 5,
+                 seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+    """One row per (layer, context): an ``n_layers``-block language model around the layer
+    (default options, ``l_max`` = the longest context), a random prompt of ``context``
+    tokens. ``prefill_s``: the parallel form over the prompt (:func:`~seqzoo.models.generate.prefill`);
+    ``decode_s``: the median time per token of ``new_tokens`` greedy steps from that state
+    (``repeats`` runs, interleaved across the contexts so that load on a shared machine hits
+    them alike); ``state_bytes``: the state the decoder carries after the prompt.
+    ``mode``: the :class:`~seqzoo.models.generate.Decoder` mode; "auto" is "eager" on a CPU
+    and "cuda_graph" on a GPU, except for layers whose state grows (attention's KV cache:
+    "eager")."""
+    import seqzoo
+
+    device = torch.device(device)
+    if layers:
+        names = list(layers)
+    else:  # every layer whose default options have a recurrent form
+        names = [n for n in seqzoo.list_layers() if seqzoo.build(n, d_model=8, **layer_options(n, 8)).can_step()]
+    it = names
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(names, desc="bench decode", unit="layer")
+    rows: list[dict[str, Any]] = []
+    for name in it:
+        torch.manual_seed(seed)
+        model = seqzoo.build_model(name, d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, head="lm",
+                                   layer_options=layer_options(name, max(contexts))).to(device).eval()
+        grows = any(m.state_grows for m in model.mixers)
+        how = mode if mode != "auto" else ("cuda_graph" if device.type == "cuda" and not grows else "eager")
+        base = {"layer": name, "device": device.type, "mode": how, "d_model": d_model, "n_layers": n_layers,
+                "batch": batch, "new_tokens": new_tokens}
+        points = _decode_points(model, how, contexts, batch, vocab_size, new_tokens, repeats)
+        rows += [{**base, "context": c, **points[c]} for c in contexts]
+    return rows
+
+
+@torch.inference_mode()
+def _decode_points(model, mode: str, contexts: Sequence[int], batch: int, vocab_size: int, new_tokens: int,
+                   repeats: int) -> dict[int, dict[str, Any]]:
+    """Prefill each context (timed), then time decoding from every context's state, interleaved."""
+    from seqzoo.models.generate import Decoder, prefill
+
+    device = next(model.parameters()).device
+    prefill(model, torch.randint(0, vocab_size, (batch, 16), device=device))  # first-call work is not timed
+    out: dict[int, dict[str, Any]] = {}
+    live: dict[int, list] = {}  # context -> [decoder, token, state]
+    for c in contexts:
+        prompt = torch.randint(0, vocab_size, (batch, c), device=device)
+        res: dict[str, Any] = {}
+
+        def run_prefill(res=res, prompt=prompt):
+            res.update(zip(("logits", "state"), prefill(model, prompt)))
+
+        t = median_times(_synced({"p": run_prefill}, device), repeats=1 if c >= 8192 else 3, warmup=0)["p"]
+        state = res["state"]
+        nbytes = sum(t_.numel() * t_.element_size() for s in state for t_ in s if isinstance(t_, torch.Tensor))
+        out[c] = {"prefill_s": t, "prefill_tok_s": batch * c / t, "state_bytes": nbytes}
+        decoder = Decoder(model, mode)  # one per context: a CUDA graph's buffers hold one state
+        tok = res["logits"].argmax(-1)
+        for _ in range(3):  # warm-up (and, for "cuda_graph", the capture)
+            logits, state = decoder(tok, state)
+            tok = logits.argmax(-1)
+        live[c] = [decoder, tok, state]
+
+    def run(c):
+        def decode():
+            decoder, tok, state = live[c]
+            for _ in range(new_tokens):
+                logits, state = decoder(tok, state)
+                tok = logits.argmax(-1)
+            live[c][1:] = [tok, state]
+
+        return decode
+
+    times = median_times(_synced({c: run(c) for c in contexts}, device), repeats=repeats, warmup=0)
+    for c in contexts:
+        out[c].update(decode_s=times[c] / new_tokens, decode_tok_s=batch * new_tokens / times[c])
+    return out
+
+
+def decode_table(rows: list[dict[str, Any]]) -> str:
+    """Per layer and context: prefill tokens/s, decode ms/token and tokens/s, state MB; and
+    the growth of the per-token time from the shortest to the longest context."""
+    contexts = sorted({r["context"] for r in rows})
+    by = {(r["layer"], r["context"]): r for r in rows}
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    t1 = table(("layer", "context", "mode", "prefill tok/s", "decode ms/token", "decode tok/s", "state MB"),
+               [(r["layer"], r["context"], r["mode"], f"{r['prefill_tok_s']:,.0f}", f"{1e3 * r['decode_s']:.3f}",
+                 f"{r['decode_tok_s']:,.0f}", f"{r['state_bytes'] / 2**20:.3g}") for r in rows])
+    lo, hi = contexts[0], contexts[-1]
+    t2 = table(("layer", *[f"ms/token at {c}" for c in contexts], f"{hi} / {lo}"),
+               [(n, *[f"{1e3 * by[(n, c)]['decode_s']:.3f}" if (n, c) in by else "–" for c in contexts],
+                 f"{by[(n, hi)]['decode_s'] / by[(n, lo)]['decode_s']:.2f}x" if (n, lo) in by and (n, hi) in by else "–")
+                for n in layers])
+    return t1 + "\n\n" + t2
+
+
+def plot_decode(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Three panels against the context: decode ms per token, prefill tokens/s, state MB."""
+    plt = _plt()
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    colors = plt.get_cmap("tab20").colors
+    for i, name in enumerate(layers):
+        c = colors[(2 * i) % 20 + (2 * i) // 20 % 2]
+        pts = sorted((r for r in rows if r["layer"] == name), key=lambda r: r["context"])
+        ctx = [r["context"] for r in pts]
+        axes[0].plot(ctx, [1e3 * r["decode_s"] for r in pts], color=c, marker="o", ms=3, label=name)
+        axes[1].plot(ctx, [r["prefill_tok_s"] for r in pts], color=c, marker="o", ms=3)
+        axes[2].plot(ctx, [r["state_bytes"] / 2**20 for r in pts], color=c, marker="o", ms=3)
+    r0 = rows[0] if rows else {}
+    where = f"{r0.get('device', '')}, {r0.get('n_layers', '')} layers, d_model={r0.get('d_model', '')}, B={r0.get('batch', '')}"
+    axes[0].set(xscale="log", yscale="log", xlabel="context (tokens before the step)", ylabel="ms per token",
+                title=f"decode latency ({where})")
+    axes[1].set(xscale="log", yscale="log", xlabel="prompt length", ylabel="tokens/s", title="prefill throughput")
+    axes[2].set(xscale="log", yscale="log", xlabel="context", ylabel="MB", title="state carried by the decoder")
+    axes[0].legend(fontsize=7)
+    contexts = sorted({r["context"] for r in rows})
+    from matplotlib.ticker import NullFormatter
+
+    for a in axes:
+        a.title.set_fontsize(9)
+        a.set_xticks(contexts, [f"{c // 1024}k" if c >= 1024 else str(c) for c in contexts])
+        a.xaxis.set_minor_formatter(NullFormatter())
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _plt():

@@ -68,13 +68,15 @@ def exact_cpu_memory(threshold: int = 64 * 1024) -> bool:
         return False
 
 
-def peak_memory(fn: Callable[[], object]) -> int:
-    """Peak extra bytes while ``fn`` runs. CUDA: the caching allocator's peak counter.
+def peak_memory(fn: Callable[[], object], device: torch.device | str | None = None) -> int:
+    """Peak extra bytes while ``fn`` runs on ``device`` (default: CUDA when available, else
+    CPU). CUDA: the caching allocator's peak counter.
     CPU (Linux): the process's peak resident set (VmHWM), reset just before ``fn`` through
     /proc/self/clear_refs, minus the resident set at the start. Large CPU tensors are
     mmap'd and returned to the OS when freed, so this measures what ``fn`` allocates.
     Returns -1 where neither is available."""
-    if torch.cuda.is_available():
+    on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    if on_cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()

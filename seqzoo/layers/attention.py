@@ -52,6 +52,7 @@ class Attention(SequenceLayer):
     """Causal softmax attention. x (B, L, D) -> y (B, L, D); state = KV cache."""
 
     supports_lengths = True
+    state_grows = True  # the KV cache gains a token per step
     State = KVCache
     test_variants = ({}, {"rope": False, "n_heads": 2})
 

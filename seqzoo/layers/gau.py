@@ -38,6 +38,7 @@ from seqzoo.layer import SequenceLayer, ssm_dtype
 from seqzoo.modules.blocks import splice, take_rows, unsplice
 from seqzoo.modules.rope import rope_cos_sin
 from seqzoo.registry import register
+from seqzoo.tracing import is_tracing
 
 
 def rope_adjacent_pairs(x: Tensor, positions: Tensor, base: float) -> Tensor:
@@ -126,7 +127,8 @@ class GAU(SequenceLayer):
     def _forward(self, x, state, lengths, return_state):
         B, L, _ = x.shape
         C = self.config.chunk_size
-        if state is None:
+        fresh = state is None  # nothing buffered: no per-row splice
+        if fresh:
             state = self._init_state(B, x.device, ssm_dtype(x))
         positions = state.pos[:, None] + torch.arange(L, device=x.device)  # (B, L)
         u, v, q_quad, k_quad, q_lin, k_lin = self._streams(x, positions)
@@ -135,7 +137,7 @@ class GAU(SequenceLayer):
             k_lin = k_lin * (torch.arange(L, device=x.device)[None, :] < lengths[:, None])[..., None]
 
         # prepend the current chunk's buffered tokens, so every row starts at a chunk boundary
-        n_buf = state.pos % C
+        n_buf = None if fresh else state.pos % C
         E_kq, E_kl, E_v = (splice(buf, n_buf, new, C) for buf, new in ((state.kq_buf, k_quad), (state.kl_buf, k_lin), (state.v_buf, v)))
         E_qq, E_ql = (splice(torch.zeros_like(state.kq_buf, dtype=t.dtype), n_buf, t, C) for t in (q_quad, q_lin))
         qq, kq, ql, kl, vv = (rearrange(t, "b (n c) d -> b n c d", c=C) for t in (E_qq, E_kq, E_ql, E_kl, E_v))
@@ -151,24 +153,25 @@ class GAU(SequenceLayer):
         # carries one (s, e) sum; S_before[n] = S0 + Σ_{m<n} k_lin,m v_mᵀ. The sum stays in
         # ssm_dtype (fp32 under autocast, whose matmuls return bf16/fp16): each chunk's
         # product is added to it in full precision, so rounding does not grow with L.
+        # The new state's S is the sum over the chunks before chunk g (the one holding each
+        # row's next token), picked up as the loop passes chunk g (no data-dependent indexing).
+        end = (0 if fresh else state.pos % C) + n_real  # E index after each row's last real token
+        g = torch.div(end, C, rounding_mode="floor")
         S = state.S.to(vv.dtype)
-        S_before = [S]
+        S_new = S
         for n in range(qq.shape[1]):
             # in place: o_quad is only a matmul's output (in the autocast dtype, if any)
             o_quad[:, n].baddbmm_(ql[:, n].to(o_quad.dtype), S.to(o_quad.dtype))
             S = S + kl[:, n].transpose(-1, -2) @ vv[:, n]
-            S_before.append(S)
+            if return_state:
+                S_new = torch.where((g == n + 1)[:, None, None], S, S_new)
         o = unsplice(rearrange(o_quad, "b n c e -> b (n c) e"), n_buf, L)  # (B, L, e)
         y = self.out((u * o).to(x.dtype))
         if not return_state:
             return y, None
-
-        end = n_buf + n_real  # E index after each row's last real token
-        g = torch.div(end, C, rounding_mode="floor")  # the chunk holding the next token
         keep = end - g * C
         bufs = [take_rows(t, g * C, C, keep) for t in (E_kq, E_kl, E_v)]
-        S = torch.stack([S_before[j][b] for b, j in enumerate(g.tolist())])  # Σ over chunks before chunk g
-        return y, GAUState(S, *bufs, state.pos + n_real)
+        return y, GAUState(S_new, *bufs, state.pos + n_real)
 
     def _step(self, x_t, state):
         C = self.config.chunk_size
@@ -187,7 +190,7 @@ class GAU(SequenceLayer):
         # a completed chunk moves into the cross-chunk state; its buffer empties
         full = p == C - 1
         S = state.S
-        if bool(full.any()):
+        if is_tracing() or bool(full.any()):  # eager: skip the (s, C) @ (C, e) product on most steps
             S = torch.where(full[:, None, None], S + kl_buf.transpose(-1, -2) @ v_buf, S)
         kq_buf, kl_buf, v_buf = (t.masked_fill(full[:, None, None], 0.0) for t in (kq_buf, kl_buf, v_buf))
         y = self.out((u * o).to(x_t.dtype))

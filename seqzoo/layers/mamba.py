@@ -36,7 +36,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from seqzoo.layer import LayerInputError, SequenceLayer, optim_hint, ssm_dtype
-from seqzoo.ops import causal_conv1d, causal_conv1d_update, selective_scan
+from seqzoo.ops import causal_conv1d, selective_scan
 from seqzoo.registry import register
 
 
@@ -169,27 +169,38 @@ class Mamba(SequenceLayer):
         return out, MambaState(conv_last.to(x.dtype), h) if return_state else None
 
     def _step(self, x_t, state):
-        """One token: the same selective scan with L = 1 (one fused call instead of a dozen
-        small tensor ops): h = exp(Δ A) h + Δ x B, y = (<C, h> + D x) silu(z)."""
+        """One token (Algorithm 2 with L = 1, eq. (2a)/(2b)), as few small tensor ops as the
+        recurrence needs: decoding calls this once per token and layer, so per-op overhead,
+        not arithmetic, is its cost. The parameters in the SSM dtype are cached between steps.
+
+            u = silu(Σ_k w_k window_k + b)             the conv over its last W inputs
+            h = exp(Δ A) ⊙ h + (Δ u) Bᵀ,  y = h C + D u,  out = out_proj(y · silu(z))
+        """
         dtype = ssm_dtype(x_t)
-        xi, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
-        xc, conv_state = causal_conv1d_update(xi, state.conv_state, self.conv_weight, self.conv.bias, "silu")
-        dt, Bm, Cm = self._split_x_dbl(xc)  # (B, E), (B, N), (B, N)
-        A, Dskip, dt_bias = self.cached(("ssm", dtype), lambda: self._ssm_params(dtype))
-        y, h = selective_scan(
-            xc.to(dtype)[..., None],
-            dt.to(dtype)[..., None],
-            A,
-            Bm.to(dtype)[..., None],
-            Cm.to(dtype)[..., None],
-            Dskip,
-            z.to(dtype)[..., None],
-            dt_bias,
-            delta_softplus=True,
-            initial_state=state.ssm_state,
-            return_final_state=True,
-        )  # (B, E, 1), (B, E, N)
-        return self.out_proj(y[..., 0].to(x_t.dtype)), MambaState(conv_state, h)
+        E = self.d_inner
+        A, Dskip, dt_bias, w, b = self.cached(("step", dtype), lambda: self._step_constants(dtype), deps=self._step_deps())
+        xz = self.in_proj(x_t)  # (B, 2E)
+        xi = xz[:, :E]
+        window = torch.cat([state.conv_state.to(xi.dtype), xi[..., None]], dim=-1)  # (B, E, W)
+        u = torch.linalg.vecdot(window.to(dtype), w)  # (B, E), in at least fp32
+        u = F.silu(u if b is None else u + b)
+        dt, Bm, Cm = self._split_x_dbl(u.to(xi.dtype))  # (B, E), (B, N), (B, N)
+        dt = F.softplus(dt.to(dtype) + dt_bias)
+        h = torch.addcmul(torch.exp(dt[..., None] * A) * state.ssm_state, (dt * u)[..., None], Bm.to(dtype)[:, None, :])
+        y = torch.addcmul(torch.linalg.vecdot(h, Cm.to(dtype)[:, None, :]), Dskip, u) * F.silu(xz[:, E:].to(dtype))
+        return self.out_proj(y.to(x_t.dtype)), MambaState(window[..., 1:], h)
+
+    def _step_constants(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        """What a step reuses, in the SSM dtype: A = -exp(A_log) (E, N), D (E,), the Δ bias
+        (E,), the conv's taps (E, W) and its bias (E,) or None."""
+        A, Dskip, dt_bias = self._ssm_params(dtype)
+        b = self.conv.bias
+        return A, Dskip, dt_bias, self.conv_weight.to(dtype), None if b is None else b.to(dtype)
+
+    def _step_deps(self) -> tuple[Tensor, ...]:
+        """The tensors :meth:`_step_constants` reads (what the step cache is checked against)."""
+        deps = (self.A_log, self.D, self.dt_proj.bias, self.conv.weight, self.conv.bias)
+        return tuple(t for t in deps if t is not None)
 
     def _check_state_shapes(self, state):
         E, N, W = self.d_inner, self.config.d_state, self.config.d_conv

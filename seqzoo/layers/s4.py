@@ -77,6 +77,7 @@ from seqzoo.layers.s4d import fft_bidirectional_conv, fft_causal_conv
 from seqzoo.modules.ssm_block import SSMOutput
 from seqzoo.ops import cauchy
 from seqzoo.registry import register
+from seqzoo.tracing import is_tracing
 
 _MIN_REAL = 1e-4  # smallest |Re Λ| at init (LegT / FouT have a purely imaginary normal part)
 _CHUNK = 64  # chunk length of the dense final-state computation
@@ -158,12 +159,14 @@ def _rows_times_powers(c: Tensor, A: Tensor, n: int) -> Tensor:
     return R[..., :n, :]
 
 
-def _apply_power(A: Tensor, x: Tensor, n: Tensor) -> Tensor:
-    """A^{n_b} x_b per batch row by binary powers: A (H, N, N), x (B, H, N), n (B,) int."""
-    out, P, bit, n_max = x, A, 1, int(n.max()) if n.numel() else 0
+def _apply_power(A: Tensor, x: Tensor, n: Tensor, n_max: int) -> Tensor:
+    """A^{n_b} x_b per batch row by binary powers: A (H, N, N), x (B, H, N), n (B,) int with
+    0 <= n <= n_max. The bound comes from shapes (the sequence length), not from n, so the
+    loop does not depend on data (torch.compile traces it without a graph break)."""
+    out, P, bit = x, A, 1
     while bit <= n_max:
         mask = (n & bit) != 0
-        if bool(mask.any()):
+        if is_tracing() or bool(mask.any()):  # eager: skip the product when no row needs it
             out = torch.where(mask[:, None, None], torch.einsum("hij,bhj->bhi", P, out), out)
         bit <<= 1
         if bit <= n_max:
@@ -348,7 +351,7 @@ class S4(SequenceLayer):
         for i in range(1, nq):
             r = torch.einsum("hij,bhj->bhi", Ac, r) + s[:, :, i]
         if x0 is not None:
-            r = r + _apply_power(A_r, torch.view_as_real(x0).reshape(Bsz, H, 2 * M).to(r.dtype), n_steps)
+            r = r + _apply_power(A_r, torch.view_as_real(x0).reshape(Bsz, H, 2 * M).to(r.dtype), n_steps, T)
         return torch.view_as_complex(r.reshape(Bsz, H, M, 2).contiguous())
 
     def _diag_system(self, dtype: torch.dtype):
@@ -359,12 +362,14 @@ class S4(SequenceLayer):
             A_bar, B_bar, C = self._dense64(torch.float64)
             mu, W = torch.linalg.eig(A_bar)
             W_inv = torch.linalg.inv(W)
-            # a step in eigen-coordinates amplifies rounding by about cond(W)
-            expected = float(torch.linalg.cond(W.detach()).max()) * torch.finfo(_dtypes(dtype)[0]).eps
+            # a step in eigen-coordinates amplifies rounding by about cond(W); checked in eager
+            # runs (a compiled graph cannot branch on the value: it warned when run eagerly)
+            eps = torch.finfo(_dtypes(dtype)[0]).eps
+            expected = 0.0 if is_tracing() else float(torch.linalg.cond(W.detach()).max()) * eps
             if expected > 1e-4:
                 warnings.warn(
                     f"s4 step_mode='diagonal': the eigenvectors of Ā have condition number "
-                    f"{expected / torch.finfo(_dtypes(dtype)[0]).eps:.1e}, so a {_dtypes(dtype)[0]} step may lose "
+                    f"{expected / eps:.1e}, so a {_dtypes(dtype)[0]} step may lose "
                     f"accuracy (~{expected:.0e} relative): HiPPO matrices are highly non-normal. "
                     "step_mode='dense' is exact.",
                     RuntimeWarning,

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from seqzoo.layer import LayerInputError, SequenceLayer, no_autocast, ssm_dtype
 from seqzoo.modules.blocks import splice, take_rows, unsplice
 from seqzoo.registry import register
+from seqzoo.tracing import is_tracing
 
 
 @dataclass
@@ -149,7 +150,8 @@ class TransformerVQ(SequenceLayer):
     def _forward(self, x, state, lengths, return_state):
         B, L, _ = x.shape
         R, S, H, dv = self.config.block_size, self.S, self.n_heads, self.dv
-        if state is None:
+        fresh = state is None  # nothing buffered: no per-row splice
+        if fresh:
             state = self._init_state(B, x.device, ssm_dtype(x))
         q, k, v, gate = self._project(x)
         dtype = q.dtype
@@ -167,12 +169,13 @@ class TransformerVQ(SequenceLayer):
 
         # E = [current partial block | new tokens], aligned to absolute blocks of R
         p = state.pos % R  # (B,) tokens of the current block already in the state
+        n_buf = None if fresh else p
         slots = torch.arange(R, device=x.device)[None, :]
-        E_valid = splice(slots < p[:, None], p, valid_new, R)  # (B, T) real tokens
-        E_z = torch.where(E_valid[..., None], splice(state.z_buf[:, R:], p, z, R), -1)  # (B, T, H)
-        E_k = splice(self._gather_codes(state.z_buf[:, R:], C), p, k_hat, R)  # (B, T, H, dk)
-        E_v = splice(state.v_buf[:, R:], p, v, R)
-        E_q = splice(q.new_zeros(B, R, H, self.dk), p, q, R)
+        E_valid = splice(slots < p[:, None], n_buf, valid_new, R)  # (B, T) real tokens
+        E_z = torch.where(E_valid[..., None], splice(state.z_buf[:, R:], n_buf, z, R), -1)  # (B, T, H)
+        E_k = splice(self._gather_codes(state.z_buf[:, R:], C), n_buf, k_hat, R)  # (B, T, H, dk)
+        E_v = splice(state.v_buf[:, R:], n_buf, v, R)
+        E_q = splice(q.new_zeros(B, R, H, self.dk), n_buf, q, R)
         qb, kb, vb = (rearrange(t, "b (n r) h d -> b h n r d", r=R) for t in (E_q, E_k, E_v))
         zb = rearrange(E_z, "b (n r) h -> b h n r", r=R)
         okb = rearrange(E_valid, "b (n r) -> b 1 n r", r=R)  # (B, 1, N, R)
@@ -196,7 +199,12 @@ class TransformerVQ(SequenceLayer):
         z0 = torch.where(ok0, rearrange(state.z_buf[:, :R], "b r h -> b h 1 r"), S)
         zd = torch.cat([z0, torch.where(okb, zb, S)], dim=2)  # (B, H, N+1, R); code S collects empty slots
         base = torch.arange(BH * (N + 1), device=x.device).view(B, H, N + 1, 1) * (S + 1)
-        cnt = torch.bincount((base + zd).flatten(), minlength=BH * (N + 1) * (S + 1)).view(B, H, N + 1, S + 1)[..., :S].to(dtype)
+        # counts per (row, head, block, code): a scatter into a fixed-size tensor (bincount's
+        # output size would depend on the data, which torch.compile cannot trace)
+        flat = (base + zd).flatten()
+        cnt = torch.zeros(BH * (N + 1) * (S + 1), dtype=dtype, device=x.device).index_add_(
+            0, flat, torch.ones(flat.shape, dtype=dtype, device=x.device)
+        ).view(B, H, N + 1, S + 1)[..., :S]
         cnt_before = state.counts.to(dtype)[:, :, None] + torch.cat([torch.zeros_like(cnt[:, :, :1]), cnt.cumsum(2)], dim=2)  # (B, H, N+2, S)
         cnt_q = cnt_before[:, :, :N]  # (B, H, N, S)
         s_cache = torch.einsum("bhnrd,hsd->bhnrs", qb, C).to(dtype).masked_fill_((cnt_q == 0)[..., None, :], neg)
@@ -216,19 +224,22 @@ class TransformerVQ(SequenceLayer):
             # of a block's values at their codes) instead of materialising it for every block.
             U = torch.cat([state.sums.to(dtype), state.sums.new_zeros(B, H, 1, dv).to(dtype)], dim=2).view(BH * (S + 1), dv)
             rows_bh = torch.arange(BH, device=x.device).view(B, H, 1) * (S + 1)
-            U_before = [U]  # U_before[j] = U0 + Σ_{e<j} extended block e  (flat, with the empty-slot row)
+            # The new state's value sums are U0 + Σ over extended blocks < g (g: the E block
+            # holding each row's next token), picked up as the loop passes (no .tolist()).
+            end = (0 if fresh else p) + n_real  # E index after each row's last real token
+            g = torch.div(end, R, rounding_mode="floor")
+            U_new = U.view(B, H, S + 1, dv)
             for n in range(N):
                 num[:, :, n] += a_cache[:, :, n] @ U.view(B, H, S + 1, dv)[:, :, :S]
                 block_v = v0[:, :, 0] if n == 0 else vb[:, :, n - 1]  # extended block n
                 U = U.index_add(0, (rows_bh + zd[:, :, n]).flatten(), block_v.reshape(BH * R, dv))
-                U_before.append(U)
-        o = unsplice(rearrange(num / den[..., None], "b h n r d -> b (n r) (h d)"), p, L)  # (B, L, H*dv)
+                if return_state:
+                    U_new = torch.where((g == n + 1)[:, None, None, None], U.view(B, H, S + 1, dv), U_new)
+        o = unsplice(rearrange(num / den[..., None], "b h n r d -> b (n r) (h d)"), n_buf, L)  # (B, L, H*dv)
         y = self.out((o * gate).to(x.dtype))
         if not return_state:
             return y, None
 
-        end = p + n_real  # E index after each row's last real token
-        g = torch.div(end, R, rounding_mode="floor")  # E block holding the next token
         first = (g >= 1)[:, None, None]
         prev_start = (g - 1).clamp(min=0) * R
         z_prev = torch.where(first, take_rows(E_z, prev_start, R), state.z_buf[:, :R])
@@ -236,7 +247,7 @@ class TransformerVQ(SequenceLayer):
         rows = torch.arange(B, device=x.device)
         new = TransformerVQState(
             cnt_before[rows, :, g],  # the new previous block is extended block g: cache = blocks < g
-            torch.stack([U_before[j].view(B, H, S + 1, dv)[b, :, :S] for b, j in enumerate(g.tolist())]),
+            U_new[:, :, :S],
             torch.cat([z_prev, take_rows(E_z, g * R, R, end - g * R, fill=-1)], dim=1),
             torch.cat([v_prev, take_rows(E_v, g * R, R, end - g * R)], dim=1),
             state.pos + n_real,
@@ -287,7 +298,7 @@ class TransformerVQ(SequenceLayer):
         o = num / (a_loc.sum(-1) + a_cache.sum(-1))[..., None]
 
         done = p == R - 1  # the block is complete: the previous block joins the cache
-        if bool(done.any()):
+        if is_tracing() or bool(done.any()):  # eager: skip the cache update on most steps
             prev_ok = (ok[:, :R] & done[:, None])[..., None]  # (B, R, 1)
             onehot = F.one_hot(z_buf[:, :R].clamp(min=0), self.S).to(dtype) * prev_ok[..., None]  # (B, R, H, S)
             counts = counts + onehot.sum(1)

@@ -105,11 +105,11 @@ class TransNormer(SequenceLayer):
         return self.out(o), state._replace(S=S)
 
     # ---------------------------------------------------------------- DiagAttention
-    def _diag_forward(self, x, state, lengths):
+    def _diag_forward(self, x, state, lengths, fresh):
         B, L, _ = x.shape
         R = self.config.block_size
         q, k, v = self._qkv(x)  # (B, L, H, hd)
-        n_buf = state.pos % R  # (B,): tokens of the current block already seen
+        n_buf = None if fresh else state.pos % R  # (B,): tokens of the current block already seen
         E_q = splice(torch.zeros_like(state.k_buf, dtype=q.dtype), n_buf, q, R)  # (B, T, H, hd)
         E_k = splice(state.k_buf, n_buf, k, R)
         E_v = splice(state.v_buf, n_buf, v, R)
@@ -117,8 +117,8 @@ class TransNormer(SequenceLayer):
         o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True)  # (B, H, N, R, hd): causal within each block
         o = unsplice(rearrange(o, "b h n r d -> b (n r) h d"), n_buf, L)  # (B, L, H, hd)
         y = self.out(rearrange(o, "b l h d -> b l (h d)").to(x.dtype))
-        n_real = torch.full_like(n_buf, L) if lengths is None else lengths
-        end = n_buf + n_real  # (B,): E index after each row's last real token
+        n_real = torch.full_like(state.pos, L) if lengths is None else lengths
+        end = n_real if fresh else n_buf + n_real  # (B,): E index after each row's last real token
         start = torch.div(end, R, rounding_mode="floor") * R  # the block holding the next token
         keep = end - start
         new = TransNormerState(state.S, take_rows(E_k, start, R, keep), take_rows(E_v, start, R, keep), state.pos + n_real)
@@ -142,13 +142,14 @@ class TransNormer(SequenceLayer):
 
     # ---------------------------------------------------------------- forms
     def _forward(self, x, state, lengths, return_state):
-        if state is None:
+        fresh = state is None
+        if fresh:
             state = self._init_state(x.shape[0], x.device, ssm_dtype(x))
         if self.config.attention == "norm":
             y, state = self._norm_attention(x, state, lengths, chunk)
             n_real = x.shape[1] if lengths is None else lengths
             return y, state._replace(pos=state.pos + n_real)
-        return self._diag_forward(x, state, lengths)
+        return self._diag_forward(x, state, lengths, fresh)
 
     def _step(self, x_t, state):
         if self.config.attention == "diag":

@@ -40,6 +40,7 @@ from seqzoo.modules.batch_norm import SequenceBatchNorm
 from seqzoo.modules.tied_dropout import TiedDropout, tie_dropouts
 from seqzoo.registry import build as build_layer
 from seqzoo.registry import get_layer
+from seqzoo.tracing import is_tracing
 
 __all__ = ["ModelConfig", "SequenceModel", "build_model"]
 
@@ -195,7 +196,7 @@ class SequenceModel(nn.Module):
                 raise ValueError(f"the model takes token ids (B, L) of an integer dtype, got {inputs.dtype}")
             if inputs.dim() != 2:
                 raise ValueError(f"token inputs must be (B, L), got shape {tuple(inputs.shape)}")
-            if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= cfg.vocab_size):
+            if inputs.numel() and not is_tracing() and (int(inputs.min()) < 0 or int(inputs.max()) >= cfg.vocab_size):
                 raise ValueError(
                     f"token ids must lie in [0, {cfg.vocab_size}), got [{int(inputs.min())}, {int(inputs.max())}]"
                 )
@@ -266,6 +267,22 @@ class SequenceModel(nn.Module):
             new.append(s)
         x = _apply_norm(self.norm_f, x, None)
         return (self.head(x) if self.head is not None else x), tuple(new)
+
+
+    # ------------------------------------------------------------------ generation (seqzoo.models.generate)
+    def generate(self, prompt_ids: Tensor, max_new_tokens: int, **options: Any) -> Tensor:
+        """Parallel prefill of the prompt, then one recurrent step per new token: (B, L) ids ->
+        (B, max_new_tokens) ids. Options: temperature, top_k, top_p, do_sample, eos_id, lengths
+        (ragged prompts), generator, mode; see :func:`seqzoo.models.generate.generate`."""
+        from seqzoo.models.generate import generate
+
+        return generate(self, prompt_ids, max_new_tokens, **options)
+
+    def stream(self):
+        """A :class:`seqzoo.models.generate.Stream`: feed chunks of any size, the state carried."""
+        from seqzoo.models.generate import Stream
+
+        return Stream(self)
 
 
 def build_model(layer: str | ModelConfig | None = None, *, frontend: nn.Module | None = None, **options: Any) -> SequenceModel:

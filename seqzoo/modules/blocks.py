@@ -6,7 +6,9 @@ the first ``n_buf[b]`` in use). A parallel forward that continues from the state
 those buffered tokens to the new ones, so that index 0 of the result is a block start for
 every row; the blocks can then be processed as whole (B, N, R, ...) tensors. Rows may hold
 different numbers of buffered tokens (after a forward with ``lengths``), so the splice is a
-per-row gather; when all rows agree it is a plain concatenation. Time is dim 1 throughout.
+per-row gather (a plain concatenation when nothing is buffered). Every length here follows
+from shapes, never from the buffered counts, so ``torch.compile`` traces the layers without
+graph breaks. Time is dim 1 throughout.
 """
 
 from __future__ import annotations
@@ -17,35 +19,31 @@ from torch import Tensor
 __all__ = ["splice", "unsplice", "take_rows", "padded_length"]
 
 
-def padded_length(n_buf: Tensor, L: int, block: int) -> int:
-    """Length T of :func:`splice`'s result: max(n_buf) + L rounded up to a multiple of block."""
-    longest = (int(n_buf.max()) if n_buf.numel() else 0) + L
-    return -(-longest // block) * block if longest else block
+def padded_length(L: int, block: int, buffered: bool) -> int:
+    """Length T of :func:`splice`'s result: L new tokens after up to ``block - 1`` buffered
+    ones (``buffered``) or none, rounded up to whole blocks (at least one).
+
+    A bound from shapes alone, not from the buffered counts: the counts are data, and a
+    length read from them (``int(n_buf.max())``) would make the shapes data-dependent, which
+    ``torch.compile`` cannot trace without breaking the graph. The bound costs at most one
+    block of zeros more than the exact length."""
+    longest = L + (block - 1 if buffered else 0)
+    return max(1, -(-longest // block)) * block
 
 
-def _uniform(n_buf: Tensor) -> int | None:
-    if not n_buf.numel():
-        return 0
-    lo, hi = int(n_buf.min()), int(n_buf.max())
-    return lo if lo == hi else None
-
-
-def splice(buf: Tensor, n_buf: Tensor, new: Tensor, block: int) -> Tensor:
+def splice(buf: Tensor, n_buf: Tensor | None, new: Tensor, block: int) -> Tensor:
     """Put each row's buffered tokens in front of its new ones, zero-padded to whole blocks.
 
-    buf (B, R, *) with rows [0, n_buf[b]) in use; n_buf (B,) long; new (B, L, *)
-    -> (B, T, *) with E[b, i] = buf[b, i] for i < n_buf[b], new[b, i - n_buf[b]] for the next
-    L positions, and zeros after; T = :func:`padded_length`.
+    buf (B, R, *) with rows [0, n_buf[b]) in use; n_buf (B,) long, or None when nothing is
+    buffered (a forward without a state); new (B, L, *) -> (B, T, *) with E[b, i] = buf[b, i]
+    for i < n_buf[b], new[b, i - n_buf[b]] for the next L positions, and zeros after;
+    T = :func:`padded_length`.
     """
     B, R = buf.shape[:2]
     L = new.shape[1]
-    T = padded_length(n_buf, L, block)
-    n = _uniform(n_buf)
-    if n == 0 and T == L:  # nothing buffered and whole blocks: no copy
-        return new
-    if n is not None:
-        tail = new.new_zeros(B, T - n - L, *new.shape[2:])
-        return torch.cat([buf[:, :n].to(new.dtype), new, tail], dim=1)
+    T = padded_length(L, block, n_buf is not None)
+    if n_buf is None:  # nothing buffered: the new tokens, then zeros to whole blocks
+        return new if T == L else torch.cat([new, new.new_zeros(B, T - L, *new.shape[2:])], dim=1)
     src = torch.cat([buf.to(new.dtype), new, new.new_zeros(B, 1, *new.shape[2:])], dim=1)  # row R + L is zero
     i = torch.arange(T, device=new.device)[None, :]  # (1, T)
     nb = n_buf[:, None]
@@ -54,11 +52,11 @@ def splice(buf: Tensor, n_buf: Tensor, new: Tensor, block: int) -> Tensor:
     return src[torch.arange(B, device=new.device)[:, None], idx]
 
 
-def unsplice(E: Tensor, n_buf: Tensor, L: int) -> Tensor:
-    """The positions of the new tokens again: E (B, T, *) -> (B, L, *), rows E[b, n_buf[b] + r]."""
-    n = _uniform(n_buf)
-    if n is not None:
-        return E[:, n : n + L]
+def unsplice(E: Tensor, n_buf: Tensor | None, L: int) -> Tensor:
+    """The positions of the new tokens again: E (B, T, *) -> (B, L, *), rows E[b, n_buf[b] + r]
+    (rows [0, L) when n_buf is None)."""
+    if n_buf is None:
+        return E[:, :L]
     idx = n_buf[:, None] + torch.arange(L, device=E.device)[None, :]  # (B, L)
     return E[torch.arange(E.shape[0], device=E.device)[:, None], idx]
 

@@ -136,9 +136,14 @@ def compiled_name(device_type: str) -> str:
     return "cuda" if device_type == "cuda" else "cpp"
 
 
+@torch.compiler.assume_constant_result
 def select(op: str, backend: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
     """Return the backend that runs ``op`` for tensors on ``device`` (of ``dtype``, when
-    given: ``auto`` passes over an extra that does not take it, e.g. float64)."""
+    given: ``auto`` passes over an extra that does not take it, e.g. float64).
+
+    Under ``torch.compile`` the choice is made once, while tracing, and is a constant of the
+    graph (it reads the environment, logs and probes: no tensor work to trace); a graph
+    compiled before ``SEQZOO_BACKEND`` changes keeps the backend it was traced with."""
     device_type = torch.device(device).type
     valid = valid_backends(op)
     if backend not in valid:

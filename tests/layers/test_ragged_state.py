@@ -62,3 +62,9 @@ def test_splice_helpers():
     rows = take_rows(E, torch.tensor([3, 3]), 3, keep=torch.tensor([0, 2]), fill=-1)
     assert rows[:, :, 0].tolist() == [[-1, -1, -1], [2, 3, -1]]
     assert take_rows(E, torch.tensor([5, 5]), 3)[:, :, 0].tolist() == [[0, 0, 0], [0, 0, 0]]  # past the end: fill
+    # nothing buffered (a forward without a state): the new tokens, zero-padded to whole blocks
+    fresh = splice(buf, None, new, block=3)
+    assert fresh[:, :, 0].tolist() == [[0, 1, 0], [2, 3, 0]]
+    assert torch.equal(unsplice(fresh, None, 2), new)
+    # the length is a bound from shapes (room for block - 1 buffered tokens), not from n_buf
+    assert splice(buf, torch.tensor([0, 0]), new, block=3).shape == (2, 6, 1)

@@ -59,3 +59,40 @@ def test_demo_prints_every_layer_with_both_forms_agreeing():
             if line.startswith("| ") and "layer" not in line}
     assert set(rows) == set(seqzoo.list_layers())
     assert all(float(rel) < 1e-4 for rel in rows.values()), rows  # max rel diff, parallel vs step loop
+
+
+def test_decode_sweep_prefill_decode_and_state_memory():
+    from seqzoo.speed import decode_sweep, decode_table
+
+    rows = decode_sweep(["mamba", "attention"], d_model=16, n_layers=1, contexts=(8, 40), new_tokens=2, repeats=1,
+                        progress=False)
+    by = {(r["layer"], r["context"]): r for r in rows}
+    assert set(by) == {("mamba", 8), ("mamba", 40), ("attention", 8), ("attention", 40)}
+    for r in rows:
+        assert r["prefill_s"] > 0 and r["decode_s"] > 0 and r["mode"] == "eager" and r["device"] == "cpu"
+        assert abs(r["prefill_tok_s"] - r["context"] / r["prefill_s"]) < 1e-6 * r["prefill_tok_s"]
+    # the recurrent state does not grow with the context; attention's KV cache does, by
+    # (40 - 8) tokens x (k, v) x 16 floats x 4 bytes (plus one validity byte per token)
+    assert by[("mamba", 8)]["state_bytes"] == by[("mamba", 40)]["state_bytes"] > 0
+    assert by[("attention", 40)]["state_bytes"] - by[("attention", 8)]["state_bytes"] == 32 * (2 * 16 * 4 + 1)
+    text = decode_table(rows)
+    assert "| attention | 40 " in text and "40 / 8" in text
+
+
+def test_cli_bench_decode_and_device_option(tmp_path):
+    pytest.importorskip("matplotlib")
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", "decode", "--layers", "s4d", "--contexts", "8,16", "--d-model", "8",
+                            "--n-layers", "1", "--new-tokens", "2", "--repeats", "1", "--device", "cpu",
+                            "--out", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "d" / "decode.jsonl").read_text().splitlines()]
+    assert [row["context"] for row in rows] == [8, 16] and (tmp_path / "d" / "decode.png").stat().st_size > 1000
+    r = runner.invoke(app, ["bench", "modes", "--layers", "s4d", "--length", "8", "--d-model", "8", "--repeats", "1",
+                            "--device", "cpu", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0 and json.loads((tmp_path / "m" / "modes.jsonl").read_text())["device"] == "cpu"
+    r = runner.invoke(app, ["bench", "decode", "--device", "tpu", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--device" in r.output
+    if not __import__("torch").cuda.is_available():
+        r = runner.invoke(app, ["bench", "speed", "--device", "cuda", "--out", str(tmp_path / "x")])
+        assert r.exit_code == 2 and "no CUDA device" in r.output

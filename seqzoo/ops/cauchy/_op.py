@@ -2,7 +2,8 @@
 
 The schema and the CPU/CUDA kernels are registered in C++ (csrc/cauchy/bindings.cpp); this
 module is imported only when the extension loaded. The backward is its own compiled op
-(first order only: a second derivative through it raises).
+(first order only: a second derivative through it raises). Fake kernels return new
+contiguous tensors, as the real ones do, whatever the inputs' strides.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def _cauchy_fake(v, z, w, conj):
 
 @torch.library.register_fake("seqzoo::cauchy_backward")
 def _cauchy_backward_fake(grad, v, z, w, conj, need_z):
-    return torch.empty_like(v), torch.empty_like(w), torch.empty_like(z)
+    return v.new_empty(v.shape), w.new_empty(w.shape), z.new_empty(z.shape)
 
 
 def _setup_context(ctx, inputs, output):

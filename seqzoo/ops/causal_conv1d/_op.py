@@ -12,14 +12,15 @@ import torch
 @torch.library.register_fake("seqzoo::causal_conv1d")
 def _causal_conv1d_fake(x, weight, bias, initial_states, silu):
     torch._check(x.dim() == 3 and weight.dim() == 2, lambda: "causal_conv1d: x (B, D, L), weight (D, W)")
-    B, D, _ = x.shape
-    return torch.empty_like(x), x.new_empty(B, D, weight.shape[1] - 1)
+    B, D, L = x.shape
+    return x.new_empty(B, D, L), x.new_empty(B, D, weight.shape[1] - 1)
 
 
 @torch.library.register_fake("seqzoo::causal_conv1d_backward")
 def _causal_conv1d_backward_fake(dout, dfinal, x, weight, bias, initial_states, silu):
-    B, D, _ = x.shape
-    return torch.empty_like(x), torch.empty_like(weight), x.new_empty(D), x.new_empty(B, D, weight.shape[1] - 1)
+    B, D, L = x.shape
+    W = weight.shape[1]
+    return x.new_empty(B, D, L), x.new_empty(D, W), x.new_empty(D), x.new_empty(B, D, W - 1)
 
 
 def _setup_context(ctx, inputs, output):

@@ -1,7 +1,8 @@
 """torch.library glue of the compiled diagonal scan: fake kernels and autograd.
 
 The schema and the CPU/CUDA kernels are registered in C++ (csrc/diag_scan/bindings.cpp);
-this module is imported only when the extension loaded.
+this module is imported only when the extension loaded. Fake kernels return new contiguous
+tensors, as the real ones do, whatever the inputs' strides.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import torch
 def _diag_scan_fake(a, b, h0):
     torch._check(b.dim() == 3 and a.dim() == 3, lambda: "diag_scan: a and b must be 3-D")
     torch._check(a.dtype == b.dtype, lambda: "diag_scan: a and b dtypes differ")
-    return torch.empty_like(b)
+    return b.new_empty(b.shape)
 
 
 @torch.library.register_fake("seqzoo::diag_scan_backward")
 def _diag_scan_backward_fake(a, h, grad_h, h0):
-    return torch.empty_like(h), torch.empty_like(h), h.new_empty(h.shape[0], h.shape[2])
+    return h.new_empty(h.shape), h.new_empty(h.shape), h.new_empty(h.shape[0], h.shape[2])
 
 
 def _setup_context(ctx, inputs, output):

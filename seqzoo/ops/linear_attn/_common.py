@@ -8,6 +8,8 @@ import math
 import torch
 from torch import Tensor
 
+from seqzoo.tracing import is_tracing
+
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -80,7 +82,7 @@ def _log_decay(where: str, decay, B: int, H: int, L: int, q: Tensor) -> Tensor |
             f"{where}: decay must be a scalar, (H,) = ({H},) per head or (B, H, L) = ({B}, {H}, {L}) per step, "
             f"got shape {tuple(decay.shape)}"
         )
-    if decay.numel():
+    if decay.numel() and not is_tracing():  # a value check: eager only (a graph cannot branch on it)
         lo, hi = float(decay.detach().min()), float(decay.detach().max())
         if not (lo > 0.0 and hi <= 1.0):
             raise ValueError(f"{where}: decay values must lie in (0, 1], got min {lo:.3g}, max {hi:.3g}")

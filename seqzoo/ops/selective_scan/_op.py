@@ -5,7 +5,8 @@ module is imported only when the extension loaded.
 
 ``seqzoo::selective_scan`` returns (out, last_state, checkpoints): the checkpoints are
 the states at the start of every ``chunk`` steps, from which ``selective_scan_backward``
-recomputes the states it needs (nothing of size (B, D, L, N) is stored).
+recomputes the states it needs (nothing of size (B, D, L, N) is stored). Fake kernels
+return new contiguous tensors, as the real ones do, whatever the inputs' strides.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def _selective_scan_backward_fake(dout, dlast, u, delta, A, B, C, D, z, delta_bi
     return (
         u.new_empty(Bsz, Dm, L),  # du
         u.new_empty(Bsz, Dm, L),  # ddelta
-        A.new_empty(A.shape),  # dA
-        B.new_empty(B.shape),  # dB
-        C.new_empty(C.shape),  # dC
+        u.new_empty(A.shape),  # dA
+        u.new_empty(B.shape),  # dB
+        u.new_empty(C.shape),  # dC
         u.new_empty(Dm),  # dD
         dz,
         u.new_empty(Dm),  # ddelta_bias

@@ -31,6 +31,11 @@ def _complex_dtype(*ts: Tensor) -> torch.dtype:
     return torch.complex128 if double else torch.complex64
 
 
+def _real_dtype(cdtype: torch.dtype) -> torch.dtype:
+    # not ``cdtype.to_real()``: torch.compile cannot trace that method (a graph break)
+    return torch.float64 if cdtype == torch.complex128 else torch.float32
+
+
 def _check(name: str, **ts: Tensor) -> None:
     ref_t = next(iter(ts.values()))
     for k, t in ts.items():
@@ -95,7 +100,7 @@ def vandermonde_transpose(u: Tensor, log_z: Tensor, *, backend: str = "auto") ->
     if u.is_complex():
         raise TypeError("vandermonde_transpose: u must be real (split a complex sequence into two calls)")
     cdtype = _complex_dtype(u, log_z)
-    u, log_z = u.to(cdtype.to_real()), log_z.to(cdtype)
+    u, log_z = u.to(_real_dtype(cdtype)), log_z.to(cdtype)
     batch = _batch("vandermonde_transpose", u, log_z, "u and log_z")
     choice = _dispatch.select("vandermonde_transpose", backend, u.device)
     if choice == "ref":
