@@ -109,6 +109,9 @@ class RunConfig:
 
     # evaluation, checkpoints, logging (0: only at the end)
     eval_every: int = 0
+    # after training, also evaluate the final model on test splits of these sequence lengths
+    # (the task's test_seq_len option; e.g. length extrapolation of induction heads)
+    eval_lengths: list[int] = field(default_factory=list)
     eval_batch_size: int | None = None  # default: batch_size
     ckpt_every: int = 0
     keep_checkpoints: int = 2
@@ -139,6 +142,8 @@ class RunConfig:
         for name, opts in self.per_layer.items():
             if not isinstance(opts, dict):
                 raise ValueError(f"per_layer.{name} must be a mapping of layer options, got {opts!r}")
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.eval_lengths):
+            raise ValueError(f"eval_lengths must be a list of positive ints, got {self.eval_lengths!r}")
         if not 0 < self.bn_momentum <= 1:
             raise ValueError(f"bn_momentum must lie in (0, 1], got {self.bn_momentum}")
         for pattern, opts in self.param_overrides.items():
@@ -305,7 +310,7 @@ def _layer_file_options(layer: str) -> dict[str, Any]:
 def resolve(cfg: RunConfig) -> Plan:
     """Check everything a run needs (names, options, shapes of the model) without
     generating data or building modules; return the :class:`Plan`."""
-    from seqzoo.tasks import get_task, make_task_config
+    from seqzoo.tasks import get_task, list_tasks, make_task_config
 
     spec = get_layer(cfg.layer)  # unknown layer -> the registered ones
     get_task(cfg.task)
@@ -316,6 +321,17 @@ def resolve(cfg: RunConfig) -> Plan:
         eval_info = {s: task_cls.make_info(task_cfg, s) for s in ("val", "test")}
     except ValueError as e:
         raise ConfigError(f"task {cfg.task!r}: {e}") from None
+
+    if cfg.eval_lengths:
+        if "test_seq_len" not in config_fields(type(task_cfg)):
+            with_it = [t for t in list_tasks() if "test_seq_len" in config_fields(get_task(t).config)]
+            raise ConfigError(f"eval_lengths: task {cfg.task!r} has no test_seq_len option; the tasks that "
+                              f"have one: {', '.join(with_it)}")
+        for n in cfg.eval_lengths:
+            try:
+                task_cls.make_info(make_task_config(cfg.task, **{**cfg.task_options, "test_seq_len": n}), "test")
+            except ValueError as e:
+                raise ConfigError(f"eval_lengths: task {cfg.task!r} at test_seq_len={n}: {e}") from None
 
     fields = config_fields(spec.config)
     options = _layer_file_options(cfg.layer)

@@ -53,7 +53,7 @@ from seqzoo.config import ConfigError
 from seqzoo.train import checkpoint, faults
 from seqzoo.train.config import Plan, RunConfig, resolve
 
-__all__ = ["train", "Dist", "ResumableSampler", "param_groups", "param_hash", "lr_lambda", "evaluate", "chance_verdict",
+__all__ = ["train", "Dist", "ResumableSampler", "param_groups", "param_hash", "lr_lambda", "evaluate", "test_split_at", "chance_verdict",
            "build_datasets", "build_run_model", "RunExists"]
 
 
@@ -143,6 +143,19 @@ def build_datasets(plan: Plan, root=None, *, progress: bool = True, workers: int
             ds.pad_to = ds.info.seq_len
         out[split] = ds
     return out
+
+
+def test_split_at(plan: Plan, seq_len: int, root=None):
+    """The run's test split generated at sequence length ``seq_len`` (the task's
+    ``test_seq_len`` option; ``eval_lengths``), ``test_size`` items, cached like the others."""
+    from seqzoo import tasks
+
+    cfg = plan.config
+    ds = tasks.build(cfg.task, split="test", size=cfg.test_size, root=root, progress=False,
+                     **{**cfg.task_options, "test_seq_len": seq_len})
+    if cfg.pad_to_max:
+        ds.pad_to = ds.info.seq_len
+    return ds
 
 
 # ---------------------------------------------------------------------------- model and optimiser
@@ -633,6 +646,11 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
     t1 = time.perf_counter()
     final = {split: evaluate(net, datasets[split], plan, split, d=d, device=device, autocast=autocast)
              for split in ("val", "test")}
+    at_lengths = {}  # the same model on test splits of other lengths (eval_lengths)
+    for n in cfg.eval_lengths:
+        ds = test_split_at(plan, n, data_root)
+        at_lengths[str(n)] = evaluate(net, ds, plan, "test", d=d, device=device, autocast=autocast)
+        say(f"{cfg.layer} x {cfg.task}: test {info.metric} at L={n}: {at_lengths[str(n)]['value']:.4f}")
     eval_time = time.perf_counter() - t1
     result = {
         "layer": cfg.layer, "task": cfg.task, "metric": info.metric, "target": info.target,
@@ -644,7 +662,7 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
         "train_time_s": round(train_time, 3), "eval_time_s": round(eval_time, 3), "data_time_s": round(t_data, 3),
         "world_size": d.world, "param_hashes": hashes, "device": str(device), "threads": torch.get_num_threads(),
         "resumed_from": resumed_from, "history": history, "evals": evals,
-        "seq_len": {"train": info.seq_len, "test": plan.eval_info["test"].seq_len},
+        "seq_len": {"train": info.seq_len, "test": plan.eval_info["test"].seq_len}, "test_at_length": at_lengths,
         "tokenizer": cfg.tokenizer, "config": cfg.to_dict(),
     }
     if d.main and out is not None:

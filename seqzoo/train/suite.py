@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seqzoo.config import ConfigError
 from seqzoo.train.config import RunConfig, compose, resolve
 from seqzoo.train.loop import same_config
 from seqzoo.train.published import LAYER_TO_MODEL, LRA_TASKS, PUBLISHED, ROWS
+from seqzoo.train.spec import load_spec
 
 __all__ = ["Cell", "plan_suite", "run_suite", "results_table", "published_table", "plot_results", "SuiteSummary"]
 
@@ -42,10 +44,11 @@ class Cell:
     layer: str
     task: str
     config: RunConfig
+    variant: str = ""  # the point of a preset's sweep ("d_model=64"), if any
 
     @property
     def name(self) -> str:
-        return f"{self.task}/{self.layer}"
+        return f"{self.task}/{self.layer}" + (f"/{self.variant}" if self.variant else "")
 
     def cost(self) -> float:
         """A rough work estimate (tokens seen), to start the longest cells first."""
@@ -67,18 +70,38 @@ class SuiteSummary:
 
 def plan_suite(preset: str, layers: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
                overrides: Sequence[str] = ()) -> list[Cell]:
-    """Every (layer, task) cell, composed and validated (nothing generated or built)."""
+    """Every cell of the preset, composed and validated (nothing generated or built): each
+    (layer, task), or, for a preset with a ``suite.yaml`` (:mod:`seqzoo.train.spec`), the
+    layers, tuning and sweeps it lists per task. ``layers`` / ``tasks`` filter; ``overrides``
+    apply to every cell, after the preset's own."""
     import seqzoo
     import seqzoo.tasks
 
-    layers = list(layers) if layers else seqzoo.list_layers()
-    tasks = list(tasks) if tasks else seqzoo.tasks.list_tasks()
-    for name in layers:
+    for name in layers or ():
         seqzoo.get_layer(name)
-    for name in tasks:
+    for name in tasks or ():
         seqzoo.tasks.get_task(name)
-    return [Cell(layer, task, compose(task, layer, preset=preset, overrides=list(overrides)))
-            for task in tasks for layer in layers]
+    spec = load_spec(preset)
+    if spec is None:
+        layers = list(layers) if layers else seqzoo.list_layers()
+        tasks = list(tasks) if tasks else seqzoo.tasks.list_tasks()
+        return [Cell(layer, task, compose(task, layer, preset=preset, overrides=list(overrides)))
+                for task in tasks for layer in layers]
+    for what, asked, has in (("task", tasks, set(spec)), ("layer", layers, {n for t in spec.values() for n in t.layers})):
+        missing = [n for n in asked or () if n not in has]
+        if missing:
+            raise ConfigError(f"preset {preset!r} runs no {what} {missing[0]!r}; its {what}s: {', '.join(sorted(has))}")
+    cells = []
+    for task, t in spec.items():
+        if tasks and task not in tasks:
+            continue
+        for layer, own in t.layers.items():
+            if layers and layer not in layers:
+                continue
+            for variant, sweep in t.variants():
+                cfg = compose(task, layer, preset=preset, overrides=[*own, *sweep, *overrides])
+                cells.append(Cell(layer, task, cfg, variant))
+    return cells
 
 
 def _data_key(cfg: RunConfig) -> str:
@@ -171,9 +194,9 @@ def run_suite(preset: str = "quick", out: str | Path | None = None, *, layers: S
     results: dict[str, dict[str, Any]] = {}
     todo = []
     for cell in cells:
-        prev = _previous(out / "runs" / cell.task / cell.layer, cell.config) if resume else None
+        prev = _previous(out / "runs" / cell.name, cell.config) if resume else None
         if prev is not None:
-            results[cell.name] = prev
+            results[cell.name] = {**prev, "variant": cell.variant}
         else:
             todo.append(cell)
     if len(todo) < len(cells):
@@ -188,7 +211,7 @@ def run_suite(preset: str = "quick", out: str | Path | None = None, *, layers: S
         bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="bench lra", unit="run")
 
     def done(cell: Cell, result: dict[str, Any]) -> None:
-        results[cell.name] = result
+        results[cell.name] = {**result, "variant": cell.variant}
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"{cell.name}: {result['value']:.3f}{' ✓' if result['beats_chance'] else ' ✗'}")
@@ -198,14 +221,14 @@ def run_suite(preset: str = "quick", out: str | Path | None = None, *, layers: S
         torch.set_num_threads(threads)
         try:
             for cell in todo:
-                done(cell, _run_cell(cell, str(out / "runs" / cell.task / cell.layer), data_root))
+                done(cell, _run_cell(cell, str(out / "runs" / cell.name), data_root))
         finally:
             torch.set_num_threads(n_threads)
     else:
         ctx = mp.get_context("spawn")  # fresh interpreters: no forked thread pools or locks
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                                  initargs=(threads, data_root)) as pool:
-            futures = {pool.submit(_run_cell, cell, str(out / "runs" / cell.task / cell.layer), data_root): cell
+            futures = {pool.submit(_run_cell, cell, str(out / "runs" / cell.name), data_root): cell
                        for cell in todo}
             for fut in as_completed(futures):
                 done(futures[fut], fut.result())
@@ -227,6 +250,14 @@ def run_suite(preset: str = "quick", out: str | Path | None = None, *, layers: S
         if pub:
             md += ["## Beside the published LRA numbers", "", pub, ""]
     files = {"results.jsonl": jsonl, "results.md": out / "results.md"}
+    spec = load_spec(preset)
+    if spec is not None:  # a preset of papers' experiments: their findings beside ours, learning curves
+        from seqzoo.train.findings import findings_report, plot_curves
+
+        md += ["# The papers' findings", "", findings_report(ordered, spec)]
+        curves = plot_curves(ordered, spec, out / "curves.png")
+        if curves is not None:
+            files["curves.png"] = curves
     (out / "results.md").write_text("\n".join(md))
     png = plot_results(ordered, out / "accuracy.png", title=f"seqzoo bench lra --preset {preset}")
     if png is not None:
@@ -234,9 +265,14 @@ def run_suite(preset: str = "quick", out: str | Path | None = None, *, layers: S
     summary = {"preset": preset, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "data_s": round(t_data, 1),
                "jobs": jobs, "threads": threads, "runs": len(ordered),
                "above_chance": sum(r["beats_chance"] for r in ordered)}
+    if spec is not None:
+        from seqzoo.train.findings import finding_checks
+
+        summary["findings"] = finding_checks(ordered, spec)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     files["summary.json"] = out / "summary.json"
-    return SuiteSummary(preset, out, ordered, wall, cpu, "\n".join([header, "", table]), files)
+    text = "\n".join([header, "", table] + (["", md[-1]] if spec is not None else []))
+    return SuiteSummary(preset, out, ordered, wall, cpu, text, files)
 
 
 # ---------------------------------------------------------------------------- tables and plots
@@ -245,14 +281,19 @@ def _fmt(r: dict[str, Any]) -> str:
     return f"{r['value']:.3f} {mark}"
 
 
+def _column(r: dict[str, Any]) -> str:
+    """A result's column in the suite's tables: its task, and the sweep point if any."""
+    return r["task"] + (f" {r['variant']}" if r.get("variant") else "")
+
+
 def results_table(results: list[dict[str, Any]]) -> str:
-    """Markdown: one row per layer, one column per task (test metric, ✓ = above chance),
-    then the chance level of each task's test split."""
+    """Markdown: one row per layer, one column per task (and sweep point; test metric,
+    ✓ = above chance), then the chance level of each column's test split."""
     from seqzoo.timing import table
 
     layers = list(dict.fromkeys(r["layer"] for r in results))
-    tasks = list(dict.fromkeys(r["task"] for r in results))
-    by = {(r["layer"], r["task"]): r for r in results}
+    tasks = list(dict.fromkeys(_column(r) for r in results))
+    by = {(r["layer"], _column(r)): r for r in results}
     head = ["layer"]
     for t in tasks:
         r = next(by[k] for k in by if k[1] == t)
@@ -315,8 +356,8 @@ def plot_results(results: list[dict[str, Any]], path: str | Path, title: str = "
     import numpy as np
 
     layers = list(dict.fromkeys(r["layer"] for r in results))
-    tasks = list(dict.fromkeys(r["task"] for r in results))
-    by = {(r["layer"], r["task"]): r for r in results}
+    tasks = list(dict.fromkeys(_column(r) for r in results))
+    by = {(r["layer"], _column(r)): r for r in results}
     score = np.full((len(layers), len(tasks)), np.nan)
     for i, layer in enumerate(layers):
         for j, t in enumerate(tasks):
