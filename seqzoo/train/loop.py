@@ -53,7 +53,7 @@ from seqzoo.config import ConfigError
 from seqzoo.train import checkpoint, faults
 from seqzoo.train.config import Plan, RunConfig, resolve
 
-__all__ = ["train", "Dist", "ResumableSampler", "param_groups", "param_hash", "lr_lambda", "evaluate", "test_split_at", "chance_verdict",
+__all__ = ["train", "Dist", "ResumableSampler", "param_groups", "param_hash", "lr_lambda", "evaluate", "length_test_split", "chance_verdict",
            "build_datasets", "build_run_model", "RunExists"]
 
 
@@ -145,7 +145,7 @@ def build_datasets(plan: Plan, root=None, *, progress: bool = True, workers: int
     return out
 
 
-def test_split_at(plan: Plan, seq_len: int, root=None):
+def length_test_split(plan: Plan, seq_len: int, root=None):
     """The run's test split generated at sequence length ``seq_len`` (the task's
     ``test_seq_len`` option; ``eval_lengths``), ``test_size`` items, cached like the others."""
     from seqzoo import tasks
@@ -648,7 +648,7 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
              for split in ("val", "test")}
     at_lengths = {}  # the same model on test splits of other lengths (eval_lengths)
     for n in cfg.eval_lengths:
-        ds = test_split_at(plan, n, data_root)
+        ds = length_test_split(plan, n, data_root)
         at_lengths[str(n)] = evaluate(net, ds, plan, "test", d=d, device=device, autocast=autocast)
         say(f"{cfg.layer} x {cfg.task}: test {info.metric} at L={n}: {at_lengths[str(n)]['value']:.4f}")
     eval_time = time.perf_counter() - t1

@@ -14,7 +14,7 @@ from seqzoo.config import ConfigError
 from seqzoo.train import compose, resolve, train
 from seqzoo.train.config import configs_dir
 from seqzoo.train.findings import finding_checks, findings_report
-from seqzoo.train.loop import test_split_at
+from seqzoo.train.loop import length_test_split
 from seqzoo.train.spec import columns_of, load_spec
 from seqzoo.train.suite import plan_suite, run_suite
 
@@ -99,7 +99,7 @@ def test_eval_lengths(data_root):
     assert set(r["test_at_length"]) == {"32", "64"}
     for ev in r["test_at_length"].values():
         assert ev["n"] == 8 and 0 <= ev["value"] <= 1
-    ds = test_split_at(resolve(cfg), 64, data_root)  # what was scored at "64": sequences of 64 tokens
+    ds = length_test_split(resolve(cfg), 64, data_root)  # what was scored at "64": sequences of 64 tokens
     assert ds.info.seq_len == 64 and len(ds) == 8 and ds[0][0].shape == (64,)
     assert columns_of(r, "") == {"1x": r["value"], "2x": r["test_at_length"]["32"]["value"],
                                  "4x": r["test_at_length"]["64"]["value"]}
