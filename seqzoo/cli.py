@@ -273,6 +273,7 @@ def bench_decode(
     contexts: Annotated[str, typer.Option(help="comma-separated prompt lengths (the context of the timed steps)")] = "1024,4096,16384",
     d_model: Annotated[int, typer.Option()] = 256,
     n_layers: Annotated[int, typer.Option(help="blocks of the language model")] = 4,
+    mlp_ratio: Annotated[float, typer.Option(help="the blocks' MLP width / d_model (0: no MLP, Mamba's LM layout)")] = 2.0,
     batch: Annotated[int, typer.Option()] = 1,
     new_tokens: Annotated[int, typer.Option(help="decode steps per timed run")] = 32,
     repeats: Annotated[int, typer.Option(help="timed runs (medians)")] = 5,
@@ -297,11 +298,11 @@ def bench_decode(
         _fail(ValueError(f"--contexts must be positive, got {contexts!r}"))
     try:
         rows = decode_sweep(_names(layers), d_model=d_model, n_layers=n_layers, contexts=Cs, new_tokens=new_tokens,
-                            batch=batch, device=dev, mode=mode, repeats=repeats)
+                            batch=batch, device=dev, mode=mode, repeats=repeats, mlp_ratio=mlp_ratio)
     except (ConfigError, ValueError) as e:
         _fail(e)
     _write_bench(out, "decode", rows, plot_decode,
-                 f"seqzoo bench decode: {n_layers} layers, d_model={d_model}, B={batch}, float32, {_where(dev)}, "
+                 f"seqzoo bench decode: {n_layers} layers, d_model={d_model}, mlp_ratio={mlp_ratio:g}, B={batch}, float32, {_where(dev)}, "
                  f"{new_tokens} tokens per run, torch {torch.__version__}\n\n" + decode_table(rows))
 
 

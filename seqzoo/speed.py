@@ -247,13 +247,16 @@ def speed_tables(rows: list[dict[str, Any]]) -> str:
 def decode_sweep(layers: Sequence[str] | None = None, *, d_model: int = 256, n_layers: int = 4,
                  contexts: Sequence[int] = (1024, 4096, 16384), new_tokens: int = 32, batch: int = 1,
                  vocab_size: int = 256, device: torch.device | str = "cpu", mode: str = "auto", repeats: int = 5,
-                 seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+                 seed: int = 0, progress: bool = True, mlp_ratio: float = 2.0) -> list[dict[str, Any]]:
     """One row per (layer, context): an ``n_layers``-block language model around the layer
     (default options, ``l_max`` = the longest context), a random prompt of ``context``
     tokens. ``prefill_s``: the parallel form over the prompt (:func:`~seqzoo.models.generate.prefill`);
     ``decode_s``: the median time per token of ``new_tokens`` greedy steps from that state
     (``repeats`` runs, interleaved across the contexts so that load on a shared machine hits
-    them alike); ``state_bytes``: the state the decoder carries after the prompt.
+    them alike); ``state_bytes``: the state the decoder carries after the prompt;
+    ``param_bytes``: the model's weights, which a batch-1 step reads once per token (on a CPU
+    that read, not the arithmetic, bounds the per-token time). ``mlp_ratio``: the blocks'
+    MLP (0: none, the Mamba language model's layout).
     ``mode``: the :class:`~seqzoo.models.generate.Decoder` mode; "auto" is "eager" on a CPU
     and "cuda_graph" on a GPU, except for layers whose state grows (attention's KV cache:
     "eager")."""
@@ -273,11 +276,12 @@ def decode_sweep(layers: Sequence[str] | None = None, *, d_model: int = 256, n_l
     for name in it:
         torch.manual_seed(seed)
         model = seqzoo.build_model(name, d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, head="lm",
-                                   layer_options=layer_options(name, max(contexts))).to(device).eval()
+                                   mlp_ratio=mlp_ratio, layer_options=layer_options(name, max(contexts))).to(device).eval()
         grows = any(m.state_grows for m in model.mixers)
         how = mode if mode != "auto" else ("cuda_graph" if device.type == "cuda" and not grows else "eager")
         base = {"layer": name, "device": device.type, "mode": how, "d_model": d_model, "n_layers": n_layers,
-                "batch": batch, "new_tokens": new_tokens}
+                "mlp_ratio": mlp_ratio, "batch": batch, "new_tokens": new_tokens,
+                "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
         points = _decode_points(model, how, contexts, batch, vocab_size, new_tokens, repeats)
         rows += [{**base, "context": c, **points[c]} for c in contexts]
     return rows
@@ -333,9 +337,10 @@ def decode_table(rows: list[dict[str, Any]]) -> str:
     contexts = sorted({r["context"] for r in rows})
     by = {(r["layer"], r["context"]): r for r in rows}
     layers = list(dict.fromkeys(r["layer"] for r in rows))
-    t1 = table(("layer", "context", "mode", "prefill tok/s", "decode ms/token", "decode tok/s", "state MB"),
+    t1 = table(("layer", "context", "mode", "prefill tok/s", "decode ms/token", "decode tok/s", "state MB", "weights MB"),
                [(r["layer"], r["context"], r["mode"], f"{r['prefill_tok_s']:,.0f}", f"{1e3 * r['decode_s']:.3f}",
-                 f"{r['decode_tok_s']:,.0f}", f"{r['state_bytes'] / 2**20:.3g}") for r in rows])
+                 f"{r['decode_tok_s']:,.0f}", f"{r['state_bytes'] / 2**20:.3g}",
+                 f"{r['param_bytes'] / 2**20:.3g}" if "param_bytes" in r else "–") for r in rows])
     lo, hi = contexts[0], contexts[-1]
     t2 = table(("layer", *[f"ms/token at {c}" for c in contexts], f"{hi} / {lo}"),
                [(n, *[f"{1e3 * by[(n, c)]['decode_s']:.3f}" if (n, c) in by else "–" for c in contexts],

@@ -77,6 +77,14 @@ def test_decode_sweep_prefill_decode_and_state_memory():
     assert by[("attention", 40)]["state_bytes"] - by[("attention", 8)]["state_bytes"] == 32 * (2 * 16 * 4 + 1)
     text = decode_table(rows)
     assert "| attention | 40 " in text and "40 / 8" in text
+    # the weights a step reads: the model's parameters; without the MLP, fewer of them
+    import seqzoo
+
+    model = seqzoo.build_model("mamba", d_model=16, n_layers=1, vocab_size=256, head="lm")
+    assert by[("mamba", 8)]["param_bytes"] == sum(4 * p.numel() for p in model.parameters())
+    no_mlp = decode_sweep(["mamba"], d_model=16, n_layers=1, contexts=(8,), new_tokens=1, repeats=1, progress=False,
+                          mlp_ratio=0)
+    assert no_mlp[0]["mlp_ratio"] == 0 and no_mlp[0]["param_bytes"] < by[("mamba", 8)]["param_bytes"]
 
 
 def test_cli_bench_decode_and_device_option(tmp_path):
