@@ -270,13 +270,17 @@ class SequenceModel(nn.Module):
 
 
     # ------------------------------------------------------------------ generation (seqzoo.models.generate)
-    def generate(self, prompt_ids: Tensor, max_new_tokens: int, **options: Any) -> Tensor:
+    def generate(self, prompt_ids: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, do_sample: bool = False, eos_id: int | None = None,
+                 lengths: Tensor | None = None, generator: torch.Generator | None = None, mode: str = "eager") -> Tensor:
         """Parallel prefill of the prompt, then one recurrent step per new token: (B, L) ids ->
-        (B, max_new_tokens) ids. Options: temperature, top_k, top_p, do_sample, eos_id, lengths
-        (ragged prompts), generator, mode; see :func:`seqzoo.models.generate.generate`."""
+        (B, max_new_tokens) ids. Greedy unless ``do_sample``; ``lengths`` for right-padded,
+        ragged prompts; ``mode``: eager | compile | cuda_graph. See
+        :func:`seqzoo.models.generate.generate`."""
         from seqzoo.models.generate import generate
 
-        return generate(self, prompt_ids, max_new_tokens, **options)
+        return generate(self, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        do_sample=do_sample, eos_id=eos_id, lengths=lengths, generator=generator, mode=mode)
 
     def stream(self):
         """A :class:`seqzoo.models.generate.Stream`: feed chunks of any size, the state carried."""
