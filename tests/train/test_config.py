@@ -91,7 +91,7 @@ def test_bad_configs_fail_before_any_work(layer, task, overrides, match, data_ro
 
 
 def test_bad_preset_and_config_file(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown preset 'quik'\. Valid presets: full, quick"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'quik'\. Valid presets: full, papers, quick"):
         compose("listops", "s4d", preset="quik")
     f = tmp_path / "run.yaml"
     f.write_text("task: text\nsteps: 3\n")
