@@ -104,7 +104,15 @@ def build_dists(py: Path) -> tuple[Path, Path]:
     """``DIST``: the sdist of the checkout, then a wheel built from that sdist against the
     venv's torch (``python -m build --no-isolation``; the compile). Returns (sdist, wheel)."""
     shutil.rmtree(DIST, ignore_errors=True)
-    _run([py, "-m", "build", "--no-isolation", "--outdir", DIST, ROOT])
+    try:
+        _run([py, "-m", "build", "--no-isolation", "--outdir", DIST, ROOT])
+    except subprocess.CalledProcessError:
+        # the wheel is built from the sdist: a file the manifest leaves out fails the compile
+        # there; name it rather than leave the reader with the compiler's error
+        sdists = sorted(DIST.glob("seqzoo-*.tar.gz"))
+        if sdists:
+            _compare(_tracked("csrc", "configs"), _sources(_sdist_files(sdists[0])), f"sdist {sdists[0].name}")
+        raise
     dists = _dists()
     if dists is None:
         raise PackageError(f"python -m build did not leave one sdist and one wheel in {DIST}")
