@@ -189,9 +189,9 @@ class TransformerVQ(SequenceLayer):
         # (in-place ops below act only on fresh matmul/cat outputs, which autograd does not save)
         # Scores and the softmax in ssm_dtype: under autocast the matmuls return bf16/fp16
         # (``.to`` is free otherwise), whose range cannot hold the -inf stand-in ``neg``.
-        s_own = (qb @ kb.transpose(-1, -2)).to(dtype).masked_fill_(~(causal & okb[..., None, :]), neg)  # (B, H, N, R, R)
+        s_own = (qb @ kb.transpose(-1, -2)).to(dtype).masked_fill(~(causal & okb[..., None, :]), neg)  # (B, H, N, R, R)
         s_prev = torch.cat([qb[:, :, :1] @ k0.transpose(-1, -2), qb[:, :, 1:] @ kb[:, :, :-1].transpose(-1, -2)], dim=2).to(dtype)
-        s_prev = s_prev.masked_fill_(~torch.cat([ok0, okb[:, :, :-1]], dim=2)[..., None, :], neg)
+        s_prev = s_prev.masked_fill(~torch.cat([ok0, okb[:, :, :-1]], dim=2)[..., None, :], neg)
 
         # The compressive cache. "Extended" blocks: e = 0 is the state's previous block,
         # e = j + 1 is E's block j. Query block n sees the state's cache + extended blocks < n.
@@ -207,7 +207,7 @@ class TransformerVQ(SequenceLayer):
         ).view(B, H, N + 1, S + 1)[..., :S]
         cnt_before = state.counts.to(dtype)[:, :, None] + torch.cat([torch.zeros_like(cnt[:, :, :1]), cnt.cumsum(2)], dim=2)  # (B, H, N+2, S)
         cnt_q = cnt_before[:, :, :N]  # (B, H, N, S)
-        s_cache = torch.einsum("bhnrd,hsd->bhnrs", qb, C).to(dtype).masked_fill_((cnt_q == 0)[..., None, :], neg)
+        s_cache = torch.einsum("bhnrd,hsd->bhnrs", qb, C).to(dtype).masked_fill((cnt_q == 0)[..., None, :], neg)
 
         with torch.no_grad():
             m = torch.maximum(torch.maximum(s_own.amax(-1), s_prev.amax(-1)), s_cache.amax(-1))[..., None]
