@@ -17,6 +17,19 @@ def _causal_layers():
     return [n for n in seqzoo.list_layers() if seqzoo.build(n, d_model=16).can_step()]
 
 
+
+def assert_recurrent_forms_match(model, tokens, logits):
+    """The step loop, and a prefill continued from its state, equal one forward (float64)."""
+    state, outs = None, []
+    for t in range(tokens.shape[1]):
+        out, state = model.step(tokens[:, t], state)
+        outs.append(out)
+    assert rel_err(torch.stack(outs, 1), logits) < 1e-9
+    _, s = model(tokens[:, :7], return_state=True)
+    cont, _ = model(tokens[:, 7:], s)
+    assert rel_err(cont, logits[:, 7:]) < 1e-9
+
+
 @pytest.mark.parametrize("layer", _causal_layers())
 def test_lm_step_equals_forward(layer):
     torch.manual_seed(0)
@@ -24,15 +37,7 @@ def test_lm_step_equals_forward(layer):
     tokens = torch.randint(0, 11, (2, 19))
     logits, _ = model(tokens)
     assert logits.shape == (2, 19, 11)
-    state, outs = None, []
-    for t in range(19):
-        out, state = model.step(tokens[:, t], state)
-        outs.append(out)
-    assert rel_err(torch.stack(outs, 1), logits) < 1e-9
-    # prefill + continue == one forward
-    _, s = model(tokens[:, :7], return_state=True)
-    cont, _ = model(tokens[:, 7:], s)
-    assert rel_err(cont, logits[:, 7:]) < 1e-9
+    assert_recurrent_forms_match(model, tokens, logits)
 
 
 def test_classifier_with_lengths_ignores_padding():
@@ -140,14 +145,7 @@ def test_batchnorm_models_step_equals_forward_in_eval(layer, prenorm, mlp_ratio)
     assert isinstance(model.norm_f, nn.Identity) is (not prenorm)  # S4's backbone: a final norm with pre-norm only
     tokens = torch.randint(0, 11, (2, 19))
     logits, _ = model(tokens)
-    state, outs = None, []
-    for t in range(19):
-        out, state = model.step(tokens[:, t], state)
-        outs.append(out)
-    assert rel_err(torch.stack(outs, 1), logits) < 1e-9
-    _, s = model(tokens[:, :7], return_state=True)
-    cont, _ = model(tokens[:, 7:], s)
-    assert rel_err(cont, logits[:, 7:]) < 1e-9
+    assert_recurrent_forms_match(model, tokens, logits)
 
 
 def test_batchnorm_step_needs_eval_mode():
