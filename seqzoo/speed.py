@@ -325,10 +325,31 @@ def _decode_points(model, mode: str, contexts: Sequence[int], batch: int, vocab_
 
         return decode
 
-    times = median_times(_synced({c: run(c) for c in contexts}, device), repeats=repeats, warmup=0)
+    mats = _step_matrices(model)
+    xs = {k: torch.randn(batch, k, device=device) for k in {w.shape[1] for w in mats}}
+
+    def read_weights():  # what a step cannot beat: one BLAS matrix-vector pass over its weights
+        for _ in range(new_tokens):
+            for w in mats:
+                torch.nn.functional.linear(xs[w.shape[1]], w)
+
+    fns = {c: run(c) for c in contexts} | {"floor": read_weights}
+    times = median_times(_synced(fns, device), repeats=repeats, warmup=1)
     for c in contexts:
-        out[c].update(decode_s=times[c] / new_tokens, decode_tok_s=batch * new_tokens / times[c])
+        out[c].update(decode_s=times[c] / new_tokens, decode_tok_s=batch * new_tokens / times[c],
+                      read_floor_s=times["floor"] / new_tokens)
     return out
+
+
+def _step_matrices(model) -> list[torch.Tensor]:
+    """The weight matrices a batch-1 step reads whole (as 2-D (out, in)): every parameter
+    with two or more dimensions, except embedding tables that are only gathered from (a tied
+    LM head reads its table whole: it stays)."""
+    from torch import nn
+
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    gathered = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} - linear
+    return [p.detach().reshape(p.shape[0], -1) for p in model.parameters() if p.dim() >= 2 and id(p) not in gathered]
 
 
 def decode_table(rows: list[dict[str, Any]]) -> str:
@@ -337,10 +358,12 @@ def decode_table(rows: list[dict[str, Any]]) -> str:
     contexts = sorted({r["context"] for r in rows})
     by = {(r["layer"], r["context"]): r for r in rows}
     layers = list(dict.fromkeys(r["layer"] for r in rows))
-    t1 = table(("layer", "context", "mode", "prefill tok/s", "decode ms/token", "decode tok/s", "state MB", "weights MB"),
+    t1 = table(("layer", "context", "mode", "prefill tok/s", "decode ms/token", "decode tok/s", "state MB", "weights MB",
+                "weight-read ms"),
                [(r["layer"], r["context"], r["mode"], f"{r['prefill_tok_s']:,.0f}", f"{1e3 * r['decode_s']:.3f}",
                  f"{r['decode_tok_s']:,.0f}", f"{r['state_bytes'] / 2**20:.3g}",
-                 f"{r['param_bytes'] / 2**20:.3g}" if "param_bytes" in r else "–") for r in rows])
+                 f"{r['param_bytes'] / 2**20:.3g}" if "param_bytes" in r else "–",
+                 f"{1e3 * r['read_floor_s']:.3f}" if "read_floor_s" in r else "–") for r in rows])
     lo, hi = contexts[0], contexts[-1]
     t2 = table(("layer", *[f"ms/token at {c}" for c in contexts], f"{hi} / {lo}"),
                [(n, *[f"{1e3 * by[(n, c)]['decode_s']:.3f}" if (n, c) in by else "–" for c in contexts],

@@ -35,8 +35,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from seqzoo import _ext
 from seqzoo.layer import LayerInputError, SequenceLayer, optim_hint, ssm_dtype
 from seqzoo.ops import causal_conv1d, selective_scan
+from seqzoo.ops.selective_step import run as selective_step_run
+from seqzoo.ops.selective_step.ref import selective_step as selective_step_ref
 from seqzoo.registry import register
 
 
@@ -169,26 +172,24 @@ class Mamba(SequenceLayer):
         return out, MambaState(conv_last.to(x.dtype), h) if return_state else None
 
     def _step(self, x_t, state):
-        """One token (Algorithm 2 with L = 1, eq. (2a)/(2b)), as few small tensor ops as the
-        recurrence needs: decoding calls this once per token and layer, so per-op overhead,
-        not arithmetic, is its cost. The parameters in the SSM dtype are cached between steps.
+        """One token: the fused step op (:mod:`seqzoo.ops.selective_step`, Algorithm 2 with
+        L = 1, eq. (2a)/(2b)), whose reference is this block's recurrence written out:
 
             u = silu(Σ_k w_k window_k + b)             the conv over its last W inputs
             h = exp(Δ A) ⊙ h + (Δ u) Bᵀ,  y = h C + D u,  out = out_proj(y · silu(z))
+
+        Decoding calls it once per token and layer, so per-op overhead, not arithmetic, is
+        its cost: on CPU the compiled kernel runs the block in three matrix-vector products
+        and two passes over the channels; elsewhere (GPU: CUDA graphs remove the launch
+        cost) the reference runs. The parameters in the SSM dtype are cached between steps.
         """
-        dtype = ssm_dtype(x_t)
-        E = self.d_inner
-        A, Dskip, dt_bias, w, b = self.cached(("step", dtype), lambda: self._step_constants(dtype), deps=self._step_deps())
-        xz = self.in_proj(x_t)  # (B, 2E)
-        xi = xz[:, :E]
-        window = torch.cat([state.conv_state.to(xi.dtype), xi[..., None]], dim=-1)  # (B, E, W)
-        u = torch.linalg.vecdot(window.to(dtype), w)  # (B, E), in at least fp32
-        u = F.silu(u if b is None else u + b)
-        dt, Bm, Cm = self._split_x_dbl(u.to(xi.dtype))  # (B, E), (B, N), (B, N)
-        dt = F.softplus(dt.to(dtype) + dt_bias)
-        h = torch.addcmul(torch.exp(dt[..., None] * A) * state.ssm_state, (dt * u)[..., None], Bm.to(dtype)[:, None, :])
-        y = torch.addcmul(torch.linalg.vecdot(h, Cm.to(dtype)[:, None, :]), Dskip, u) * F.silu(xz[:, E:].to(dtype))
-        return self.out_proj(y.to(x_t.dtype)), MambaState(window[..., 1:], h)
+        A, Dskip, dt_bias, w, b = self.cached(("step", ssm_dtype(x_t)), lambda: self._step_constants(ssm_dtype(x_t)),
+                                              deps=self._step_deps())
+        args = (x_t, state.conv_state, state.ssm_state, self.in_proj.weight, self.in_proj.bias, w, b,
+                self.x_proj.weight, self.dt_proj.weight, dt_bias, A, Dskip, self.out_proj.weight, self.out_proj.bias)
+        fused = _ext.has_kernel("selective_step", x_t.device.type)
+        out, conv_state, ssm_state = selective_step_run(args) if fused else selective_step_ref(*args)
+        return out, MambaState(conv_state, ssm_state)
 
     def _step_constants(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
         """What a step reuses, in the SSM dtype: A = -exp(A_log) (E, N), D (E,), the Δ bias

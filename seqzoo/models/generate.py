@@ -127,8 +127,9 @@ class Decoder:
 
     mode:
         "eager"       model.step as it is.
-        "compile"     ``torch.compile(model.step)`` ("reduce-overhead", i.e. CUDA graphs through
-                      torch.compile, on a GPU). Every layer's step compiles without graph
+        "compile"     ``torch.compile(model.step)``: "reduce-overhead" (CUDA graphs through
+                      torch.compile) on a GPU, Inductor's C++ wrapper on a CPU (the step's
+                      kernels and ops called from C++, no Python between them). Every layer's step compiles without graph
                       breaks (tests/layers/test_compile.py); the first calls pay the compile.
         "cuda_graph"  capture one step in a CUDA graph on the first call and replay it for
                       every token; the state lives in static buffers that each replay
@@ -148,7 +149,10 @@ class Decoder:
         self.model, self.mode = model, mode
         if mode == "compile":
             device = next(model.parameters()).device
-            self._fn = torch.compile(model.step, mode="reduce-overhead" if device.type == "cuda" else None)
+            if device.type == "cuda":
+                self._fn = torch.compile(model.step, mode="reduce-overhead")
+            else:  # C++ wrapper: the compiled step calls its kernels without Python in between
+                self._fn = torch.compile(model.step, options={"cpp_wrapper": True})
         else:
             self._fn = model.step
         self._graph = None

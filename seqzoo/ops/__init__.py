@@ -10,6 +10,7 @@ from seqzoo.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from seqzoo.ops.diag_scan import diag_scan
 from seqzoo.ops.linear_attn import linear_attn
 from seqzoo.ops.selective_scan import selective_scan
+from seqzoo.ops.selective_step import selective_step
 from seqzoo.ops.ssd import ssd
 from seqzoo.ops.vandermonde import vandermonde, vandermonde_transpose
 
@@ -20,6 +21,7 @@ __all__ = [
     "diag_scan",
     "linear_attn",
     "selective_scan",
+    "selective_step",
     "ssd",
     "vandermonde",
     "vandermonde_transpose",

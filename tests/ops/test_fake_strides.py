@@ -63,6 +63,13 @@ def _cases():
         ("vandermonde", (_complex_transposed(5, 4, seed=9), lz, 8)),
         ("vandermonde_transpose", (u, lz)),
     ]
+    E, Dm, R = 5, 3, 2  # the fused Mamba step: states and weights as transposed views
+    step = (_transposed(B, Dm, dims=(0, 1), seed=22), _transposed(B, E, W - 1, seed=23), _transposed(B, E, N, seed=24),
+            _transposed(2 * E, Dm, dims=(0, 1), seed=25), _t(2 * E, seed=26), _transposed(E, W, dims=(0, 1), seed=27),
+            _t(E, seed=28), _transposed(R + 2 * N, E, dims=(0, 1), seed=29), _transposed(E, R, dims=(0, 1), seed=30),
+            _t(E, seed=31), -_transposed(E, N, dims=(0, 1), seed=32).abs(), _t(E, seed=33),
+            _transposed(Dm, E, dims=(0, 1), seed=34), None)
+    out.append(("selective_step", step))
     real_ss = torch.ops.seqzoo.selective_scan(*ss)
     out.append(("selective_scan_backward", (_transposed(B, D, L, seed=20), _transposed(B, D, N, seed=21),
                                             *ss[:8], real_ss[2], True, 4)))
