@@ -183,9 +183,13 @@ def test_stream_classifier_pools_the_prefix(pool):
 
 
 @pytest.mark.slow
-def test_compiled_decoder_equals_eager():
-    """Decoder(mode="compile") (inductor on CPU) decodes the same tokens as eager decoding."""
-    model = _lm("mamba", {})
+@pytest.mark.parametrize("name", ["mamba", "attention", "s4d"])
+def test_compiled_decoder_equals_eager(name):
+    """Decoder(mode="compile") (inductor with its C++ wrapper on CPU) decodes the same tokens
+    as eager decoding: Mamba's fused step op inside the graph, attention's growing KV cache
+    (dynamic shapes), a diagonal SSM."""
+    torch._dynamo.reset()
+    model = _lm(name, {})
     prompts = torch.randint(0, V, (2, 6))
     assert torch.equal(model.generate(prompts, 8, mode="compile"), model.generate(prompts, 8))
 
