@@ -283,8 +283,9 @@ def bench_decode(
     out: Annotated[Path, typer.Option(help="results folder")] = Path("runs/bench/decode"),
 ) -> None:
     """A language model around every layer at each context: prefill tokens/s (parallel form
-    over the prompt), decode ms/token and tokens/s (recurrent form), and the state the
-    decoder carries (attention: its KV cache): decode.md, decode.jsonl, decode.png."""
+    over the prompt), decode ms/token and tokens/s (recurrent form), the state the decoder
+    carries (attention: its KV cache), and the weight-read floor (one matrix-vector pass
+    over the step's weights, timed alongside): decode.md, decode.jsonl, decode.png."""
     from seqzoo.speed import decode_sweep, decode_table, plot_decode
 
     dev = _device(device, threads)
