@@ -87,6 +87,26 @@ def test_decode_sweep_prefill_decode_and_state_memory():
     assert no_mlp[0]["mlp_ratio"] == 0 and no_mlp[0]["param_bytes"] < by[("mamba", 8)]["param_bytes"]
 
 
+def test_decode_weight_read_floor():
+    """The floor reads exactly the matrices a batch-1 step reads whole: every weight of two
+    or more dimensions, without an untied embedding table (gathered one row per token), with
+    a tied one (the LM head reads it whole); it is timed and reported per row."""
+    import seqzoo
+    from seqzoo.speed import _step_matrices, decode_sweep, decode_table
+
+    model = seqzoo.build_model("mamba", d_model=16, n_layers=2, vocab_size=256, head="lm")
+    embed = model.encoder.weight
+    big = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+    mats = _step_matrices(model)
+    assert all(w.dim() == 2 for w in mats) and all(w.data_ptr() != embed.data_ptr() for w in mats)
+    assert sum(w.numel() for w in mats) == big - embed.numel()
+    model.head.weight = embed  # tied: the head reads the table whole
+    assert sum(w.numel() for w in _step_matrices(model)) == big - 256 * 16
+    rows = decode_sweep(["s4d"], d_model=8, n_layers=1, contexts=(8,), new_tokens=1, repeats=1, progress=False)
+    assert rows[0]["read_floor_s"] > 0
+    assert "weight-read ms" in decode_table(rows)
+
+
 def test_cli_bench_decode_and_device_option(tmp_path):
     pytest.importorskip("matplotlib")
     runner = CliRunner()
