@@ -1,5 +1,6 @@
 // Schema and CPU registration of the fused Mamba step (torch.ops.seqzoo.selective_step).
-// Fake kernel and autograd are registered in Python: seqzoo/ops/selective_step/_op.py.
+// The fake kernel is registered in Python (seqzoo/ops/selective_step/_op.py); no autograd
+// formula: the Python wrapper runs the reference when a gradient is needed.
 #include <torch/library.h>
 
 #include "selective_step/selective_step.h"

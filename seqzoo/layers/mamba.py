@@ -35,11 +35,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from seqzoo import _ext
 from seqzoo.layer import LayerInputError, SequenceLayer, optim_hint, ssm_dtype
 from seqzoo.ops import causal_conv1d, selective_scan
 from seqzoo.ops.selective_step import run as selective_step_run
-from seqzoo.ops.selective_step.ref import selective_step as selective_step_ref
 from seqzoo.registry import register
 
 
@@ -183,12 +181,11 @@ class Mamba(SequenceLayer):
         and two passes over the channels; elsewhere (GPU: CUDA graphs remove the launch
         cost) the reference runs. The parameters in the SSM dtype are cached between steps.
         """
-        A, Dskip, dt_bias, w, b = self.cached(("step", ssm_dtype(x_t)), lambda: self._step_constants(ssm_dtype(x_t)),
-                                              deps=self._step_deps())
+        dtype = ssm_dtype(x_t)
+        A, Dskip, dt_bias, w, b = self.cached(("step", dtype), lambda: self._step_constants(dtype), deps=self._step_deps())
         args = (x_t, state.conv_state, state.ssm_state, self.in_proj.weight, self.in_proj.bias, w, b,
                 self.x_proj.weight, self.dt_proj.weight, dt_bias, A, Dskip, self.out_proj.weight, self.out_proj.bias)
-        fused = _ext.has_kernel("selective_step", x_t.device.type)
-        out, conv_state, ssm_state = selective_step_run(args) if fused else selective_step_ref(*args)
+        out, conv_state, ssm_state = selective_step_run(args)
         return out, MambaState(conv_state, ssm_state)
 
     def _step_constants(self, dtype: torch.dtype) -> tuple[Tensor, ...]:

@@ -129,8 +129,9 @@ class Decoder:
         "eager"       model.step as it is.
         "compile"     ``torch.compile(model.step)``: "reduce-overhead" (CUDA graphs through
                       torch.compile) on a GPU, Inductor's C++ wrapper on a CPU (the step's
-                      kernels and ops called from C++, no Python between them). Every layer's step compiles without graph
-                      breaks (tests/layers/test_compile.py); the first calls pay the compile.
+                      kernels and ops called from C++, no Python between them). Every
+                      layer's step compiles without graph breaks
+                      (tests/layers/test_compile.py); the first calls pay the compile.
         "cuda_graph"  capture one step in a CUDA graph on the first call and replay it for
                       every token; the state lives in static buffers that each replay
                       updates (a step computes the new state functionally; the graph then

@@ -222,3 +222,14 @@ def test_reference_matches_functional_linear_layout():
     xz = F.linear(x, w_in, b_in)
     out, cs, _ = ref.selective_step(*args)
     assert torch.equal(cs[..., -1], xz[:, :12])
+
+
+def test_no_kernel_for_the_device_runs_the_reference_quietly(monkeypatch, recwarn):
+    """Where the extension has no kernel (a GPU, or no build), ``auto`` runs the reference
+    without the fallback warning: for the decode step that is the intended path."""
+    monkeypatch.setattr(_ext, "has_kernel", lambda op, device_type: False)
+    args = _args()
+    got = selective_step(*args)
+    for g, w in zip(got, ref.selective_step(*args)):
+        assert torch.equal(g, w)
+    assert not [w for w in recwarn if "selective_step" in str(w.message)]

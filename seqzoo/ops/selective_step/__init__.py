@@ -22,7 +22,7 @@ from seqzoo.ops._checks import check_real_tensors
 from seqzoo.ops.selective_step import ref
 
 if _ext.available():
-    from seqzoo.ops.selective_step import _op  # noqa: F401  (registers fake + autograd)
+    from seqzoo.ops.selective_step import _op  # noqa: F401  (registers the fake kernel)
 
 __all__ = ["selective_step", "fused_ok", "run"]
 
@@ -111,8 +111,12 @@ def selective_step(
 
 def run(args: tuple[Tensor | None, ...], backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """:func:`selective_step` on already checked arguments (in its order): what a layer that
-    built the shapes itself calls once per token, without re-checking them."""
+    built the shapes itself calls once per token, without re-checking them. ``auto`` on a
+    device without a kernel runs the reference without the fallback warning other ops give:
+    there (a GPU) the reference is the intended path."""
     x, ssm_state = args[0], args[2]
+    if backend == "auto" and not _ext.has_kernel("selective_step", x.device.type):
+        return ref.selective_step(*args)
     choice = _dispatch.select("selective_step", backend, x.device, x.dtype)
     if choice == "cpp" and not fused_ok(args):
         if backend == "cpp":

@@ -17,8 +17,8 @@ code. For one token x (B, Dm) and the state (conv_state (B, E, W-1), ssm_state (
 Dtypes: the SSM part (conv, Δ, state, y) runs in the *compute dtype*: ssm_state's dtype,
 at least float32 (so bf16/fp16 activations under autocast keep an fp32 state); in_proj,
 x_proj and out_proj run in x's dtype, as ``nn.Linear`` does. ``out`` has x's dtype, the
-new conv_state in_proj's output dtype (x's, or autocast's), the new ssm_state the compute dtype. Pure: the inputs are not
-modified.
+new conv_state in_proj's output dtype (x's, or autocast's), the new ssm_state the compute
+dtype. Pure: the inputs are not modified.
 """
 
 from __future__ import annotations
