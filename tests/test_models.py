@@ -120,6 +120,34 @@ def test_empty_inputs(pool):
     assert torch.allclose(logits[1], clf.head.bias) and not torch.allclose(logits[0], clf.head.bias)
 
 
+@pytest.mark.parametrize("head", ["lm", "none"])
+def test_positions_select_the_outputs(head):
+    """positions= gives out[positions] (row-major) for the whole-sequence output, and its
+    gradient is the masked loss's; bad masks and a classifier are refused clearly."""
+    torch.manual_seed(0)
+    model = seqzoo.build_model("s4d", d_model=8, n_layers=2, vocab_size=7, head=head).double()
+    x = torch.randint(0, 7, (3, 10))
+    mask = torch.rand(3, 10) < 0.3
+    mask[1] = False  # a row with nothing selected
+    full, _ = model(x)
+    part, _ = model(x, positions=mask)
+    assert part.shape == (int(mask.sum()), full.shape[-1])
+    torch.testing.assert_close(part, full[mask])
+    g_full = torch.autograd.grad(full[mask].square().sum(), list(model.parameters()), allow_unused=True)
+    g_part = torch.autograd.grad(part.square().sum(), list(model.parameters()), allow_unused=True)
+    for a, b in zip(g_full, g_part):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="bool mask"):
+        model(x, positions=mask.long())
+    with pytest.raises(ValueError, match="bool mask"):
+        model(x, positions=mask[:, :5])
+    clf = seqzoo.build_model("s4d", d_model=8, vocab_size=7, n_classes=3)
+    with pytest.raises(ValueError, match="classifier"):
+        clf(x, positions=mask)
+
+
 # ---------------------------------------------------------------------------- block options
 def _trained_stats(model, vocab, steps=3):
     """A few train-mode forwards, so BatchNorm's running statistics are not the identity."""

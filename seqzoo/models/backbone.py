@@ -233,11 +233,24 @@ class SequenceModel(nn.Module):
         return x[torch.arange(B, device=x.device), idx].masked_fill((lengths == 0)[:, None], 0.0)
 
     # ------------------------------------------------------------------ API
-    def forward(self, inputs, state=None, *, lengths=None, return_state: bool = False):
+    def forward(self, inputs, state=None, *, lengths=None, return_state: bool = False, positions: Tensor | None = None):
         """Classify: logits (B, n_classes). LM: logits (B, L, V). None: features (B, L, D).
-        Returns ``(out, states)``; states are None unless ``return_state`` (or a state is given)."""
+        Returns ``(out, states)``; states are None unless ``return_state`` (or a state is given).
+
+        ``positions`` (B, L) bool, for the "lm" and "none" heads: the output at those positions
+        only, (n, V | D) in row-major order, i.e. ``out[positions]`` without computing the head
+        elsewhere (a task that scores a few positions per sequence under a large vocabulary
+        spends most of a step in the head otherwise)."""
         cfg = self.config
         return_state = return_state or state is not None
+        if positions is not None:
+            if cfg.head == "classify":
+                raise ValueError("positions= selects outputs of the 'lm' or 'none' head; a classifier has one output per sequence")
+            if positions.dtype != torch.bool or positions.shape != inputs.shape[:2]:
+                raise ValueError(f"positions must be a bool mask of the inputs' (B, L) = {tuple(inputs.shape[:2])}, got "
+                                 f"{positions.dtype} {tuple(positions.shape)}")
+            if self.frontend is not None and getattr(self.frontend, "downsample", 1) != 1:
+                raise ValueError("positions= with a downsampling front end: the outputs are not aligned with the inputs")
         if cfg.pair:
             (a, b), (la, lb) = inputs, (lengths if lengths is not None else (None, None))
             u = self._pool(*self.features(a, lengths=la, return_state=False)[::2])
@@ -246,6 +259,8 @@ class SequenceModel(nn.Module):
         x, states, lengths = self.features(inputs, state, lengths=lengths, return_state=return_state)
         if cfg.head == "classify":
             return self.head(self._pool(x, lengths)), states
+        if positions is not None:
+            x = x[positions]
         return (self.head(x) if self.head is not None else x), states
 
     def init_state(self, batch_size: int, *, device=None, dtype=None):

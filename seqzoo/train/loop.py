@@ -238,13 +238,24 @@ def _aux_loss(model: nn.Module) -> Tensor | None:
     return total
 
 
-def task_loss(out: Tensor, labels: Tensor, target: str, ignore_index: int) -> Tensor:
-    out = out.float()
-    if target == "class":
-        return F.cross_entropy(out, labels)
+def predict(net: nn.Module, inputs: Any, lengths: Any, labels: Tensor, target: str,
+            ignore_index: int) -> tuple[Tensor, Tensor]:
+    """The model's output and the labels it is scored against. Sequence targets: only the
+    scored positions (label != ignore_index), (n, V) and (n,): the head runs there alone."""
     if target == "sequence":
-        return F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.reshape(-1), ignore_index=ignore_index)
-    return F.mse_loss(out.reshape(-1), labels.float())
+        scored = labels != ignore_index
+        out, _ = net(inputs, lengths=lengths, positions=scored)
+        return out, labels[scored]
+    out, _ = net(inputs, lengths=lengths)
+    return out, labels
+
+
+def task_loss(out: Tensor, labels: Tensor, target: str) -> Tensor:
+    """The training loss of :func:`predict`'s output."""
+    out = out.float()
+    if target == "regression":
+        return F.mse_loss(out.reshape(-1), labels.float())
+    return F.cross_entropy(out, labels)
 
 
 def _to(x: Any, device: torch.device) -> Any:
@@ -303,7 +314,7 @@ def evaluate(model: nn.Module, ds, plan: Plan, split: str, *, d: Dist | None = N
     for inputs, lengths, labels in loader:
         inputs, lengths, labels = _to(inputs, device), _to(lengths, device), _to(labels, device)
         with autocast():
-            out, _ = model(inputs, lengths=lengths)
+            out, labels = predict(model, inputs, lengths, labels, info.target, info.ignore_index)
         out = out.float()
         _aux_loss(model)  # discard
         if info.target == "regression":
@@ -313,12 +324,10 @@ def evaluate(model: nn.Module, ds, plan: Plan, split: str, *, d: Dist | None = N
             sums[2] += y.numel()
             sums[3] += y.sum()
             sums[4] += y.pow(2).sum()
-        elif info.target == "sequence":
-            mask = labels != info.ignore_index
-            sums[0] += (out.argmax(-1)[mask] == labels[mask]).sum()
-            sums[1] += F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.reshape(-1),
-                                       ignore_index=info.ignore_index, reduction="sum")
-            sums[2] += mask.sum()
+        elif info.target == "sequence":  # out, labels: the scored positions only
+            sums[0] += (out.argmax(-1) == labels).sum()
+            sums[1] += F.cross_entropy(out, labels, reduction="sum")
+            sums[2] += labels.numel()
         else:
             sums[0] += (out.argmax(-1) == labels).sum()
             sums[1] += F.cross_entropy(out, labels, reduction="sum")
@@ -569,8 +578,8 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
             for inputs, lengths, labels in loader:
                 inputs, lengths, labels = _to(inputs, device), _to(lengths, device), _to(labels, device)
                 with autocast():
-                    logits, _ = net(inputs, lengths=lengths)
-                    loss = task_loss(logits, labels, info.target, info.ignore_index)
+                    pred, scored = predict(net, inputs, lengths, labels, info.target, info.ignore_index)
+                    loss = task_loss(pred, scored, info.target)
                     aux = _aux_loss(model)
                     total = loss if aux is None else loss + aux
                 opt.zero_grad(set_to_none=True)

@@ -22,6 +22,8 @@ from seqzoo.train.loop import (
     lr_lambda,
     param_groups,
     param_hash,
+    predict,
+    task_loss,
 )
 
 
@@ -107,15 +109,15 @@ class _Constant(nn.Module):
         self.target, self.n_out, self.value = target, n_out, value
         self.w = nn.Parameter(torch.zeros(()))
 
-    def forward(self, inputs, lengths=None):
+    def forward(self, inputs, lengths=None, positions=None):
         x = inputs[0] if isinstance(inputs, tuple) else inputs
         B = x.shape[0]
         if self.target == "regression":
             return torch.full((B, 1), float(self.value)), None
-        if self.target == "sequence":
+        if self.target == "sequence":  # the trainer asks for the scored positions only
             logits = torch.zeros(B, x.shape[1], self.n_out)
             logits[..., self.value] = 1.0
-            return logits, None
+            return logits[positions], None
         logits = torch.zeros(B, self.n_out)
         logits[:, self.value] = 1.0
         return logits, None
@@ -155,6 +157,22 @@ def test_evaluate_metric_and_chance_match_the_labels(task, data_root):
         assert r["value"] == pytest.approx(float(((0.9 - y) ** 2).mean()), rel=1e-5)
         assert r["chance"] == pytest.approx(float(y.var(unbiased=False)), rel=1e-5)
         assert r["metric"] == "mse"
+
+
+def test_sequence_loss_scores_the_labelled_positions_only():
+    """The trainer runs the head at the scored positions only; its loss is the
+    ignore_index cross-entropy over the full logits."""
+    torch.manual_seed(0)
+    model = seqzoo.build_model("s4d", d_model=8, n_layers=1, vocab_size=6, head="lm").double()
+    x = torch.randint(0, 6, (4, 12))
+    labels = torch.full((4, 12), -100)
+    labels[:, -3:] = torch.randint(0, 6, (4, 3))
+    labels[0, 2] = 5
+    pred, scored = predict(model, x, None, labels, "sequence", -100)
+    assert pred.shape == (13, 6) and scored.tolist() == labels[labels != -100].tolist()
+    full, _ = model(x)
+    want = torch.nn.functional.cross_entropy(full.reshape(-1, 6), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(task_loss(pred, scored, "sequence"), want.float())
 
 
 def test_aux_loss_is_collected_once():
