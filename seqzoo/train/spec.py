@@ -9,12 +9,15 @@ numbers to put beside ours, and the finding to check::
       title: "MQAR: accuracy against the model width (Zoology, Fig. 2)"
       sweep: {d_model: [32, 64, 128]}
       layers:
-        attention: {lr: 0.001}          # why, in a comment
+        attention: {lr: 0.001, "d_model=32": {steps: 6000}}   # why, in a comment
         mamba: {}
       published:
         source: "Arora et al. 2023 (Zoology), Fig. 2: L = 512, 64 key-value pairs"
         values: {attention: {d_model=64: 100.0}}
       expect: {attention: {d_model=32: 0.99, d_model=64: 0.99, d_model=128: 0.99}}
+
+A layer's options may hold, under a sweep point's label (``"d_model=32"``), options for
+that point alone (applied after the sweep's value).
 
 A result's *columns*: ``test`` for a plain task; one per sweep value (``d_model=64``); for a
 run with ``eval_lengths``, one per test length as a multiple of the training length
@@ -48,6 +51,11 @@ class TaskSpec:
     published: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> column -> %
     expect: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> column -> least accuracy
     note: str = ""
+    at_point: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)  # layer -> sweep label -> overrides
+
+    def overrides(self, layer: str, label: str, sweep: list[str]) -> list[str]:
+        """A cell's overrides: the layer's own, the sweep point's value, the layer's own at that point."""
+        return [*self.layers[layer], *sweep, *self.at_point.get(layer, {}).get(label, ())]
 
     def variants(self) -> list[tuple[str, list[str]]]:
         """(label, overrides) per point of the sweep: ``[("", [])]`` without one."""
@@ -119,9 +127,22 @@ def load_spec(preset: str) -> dict[str, TaskSpec] | None:
         published = t.get("published") or {}
         if not isinstance(published, dict) or (published and "source" not in published):
             raise ConfigError(f"{where}.published must have a 'source' (paper, table or figure) and 'values'")
+        sweep_keys = [str(k) for k in sweep]
+        labels = [",".join(f"{k}={v}" for k, v in zip(sweep_keys, values))
+                  for values in itertools.product(*sweep.values())] if sweep else []
+        own, at_point = {}, {}
+        for name, opts in layers.items():
+            points = {k: v for k, v in (opts or {}).items() if isinstance(opts, dict) and "=" in str(k)}
+            for label, v in points.items():
+                if label not in labels:
+                    raise ConfigError(f"{where}.layers.{name}: {label!r} is not a point of this task's sweep "
+                                      f"({', '.join(labels) or 'none'}).{closest_hint(label, labels)}")
+                at_point.setdefault(name, {})[label] = _overrides(f"{where}.layers.{name}.{label}", v)
+            rest = {k: v for k, v in opts.items() if k not in points} if isinstance(opts, dict) else opts
+            own[name] = _overrides(f"{where}.layers.{name}", rest)
         out[task] = TaskSpec(
             task=task, title=str(t.get("title", task)),
-            layers={name: _overrides(f"{where}.layers.{name}", opts) for name, opts in layers.items()},
+            layers=own, at_point=at_point,
             sweep=tuple((str(k), tuple(v)) for k, v in sweep.items()),
             published_source=str(published.get("source", "")),
             published=_per_layer(f"{where}.published.values", published.get("values"), layers, scalar_ok=True),

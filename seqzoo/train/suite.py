@@ -95,11 +95,11 @@ def plan_suite(preset: str, layers: Sequence[str] | None = None, tasks: Sequence
     for task, t in spec.items():
         if tasks and task not in tasks:
             continue
-        for layer, own in t.layers.items():
+        for layer in t.layers:
             if layers and layer not in layers:
                 continue
             for variant, sweep in t.variants():
-                cfg = compose(task, layer, preset=preset, overrides=[*own, *sweep, *overrides])
+                cfg = compose(task, layer, preset=preset, overrides=[*t.overrides(layer, variant, sweep), *overrides])
                 cells.append(Cell(layer, task, cfg, variant))
     return cells
 

@@ -90,6 +90,16 @@ def test_spec_errors(configs):
     assert cell.config.lr == 0.01 and cell.variant == "" and cell.name == "mqar/attention"
     (cell,) = plan_suite("ok", overrides=["lr=0.5"])  # the command line wins over the preset's tuning
     assert cell.config.lr == 0.5
+    # options for one sweep point: after the layer's own and the sweep's value
+    _preset(configs, "points", "mqar:\n  sweep: {d_model: [8, 16]}\n  layers:\n"
+                               "    attention: {lr: 0.01, steps: 5, 'd_model=16': {lr: 0.02}}\n    s4d: {}\n")
+    got = {(c.layer, c.variant): (c.config.d_model, c.config.lr, c.config.steps) for c in plan_suite("points")}
+    assert got[("attention", "d_model=8")] == (8, 0.01, 5)
+    assert got[("attention", "d_model=16")] == (16, 0.02, 5)
+    assert got[("s4d", "d_model=16")][1:] == got[("s4d", "d_model=8")][1:] != (0.02, 5)  # another layer's own
+    _preset(configs, "badpoint", "mqar:\n  sweep: {d_model: [8, 16]}\n  layers:\n    attention: {'d_model=32': {lr: 0.02}}\n")
+    with pytest.raises(ConfigError, match="'d_model=32' is not a point of this task's sweep \\(d_model=8, d_model=16\\)"):
+        load_spec("badpoint")
 
 
 def test_eval_lengths(data_root):
@@ -159,3 +169,12 @@ d_model: 16
     # the report and the checks are pure functions of the results
     assert findings_report(s.results, load_spec("tiny")) in md
     assert finding_checks(s.results, load_spec("tiny")) == summary["findings"]
+    # seeded: a second run (two worker processes this time) gives the same numbers
+    again = run_suite("tiny", tmp_path / "again", jobs=2, data_root=data_root, progress=False, log=lambda *a: None)
+
+    def numbers(results):
+        return [(r["task"], r["layer"], r["variant"], r["value"], r["val"]["loss"],
+                 {n: v["value"] for n, v in r.get("test_at_length", {}).items()},
+                 [h["loss"] for h in r["history"]]) for r in results]
+
+    assert numbers(again.results) == numbers(s.results)
