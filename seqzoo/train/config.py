@@ -109,6 +109,9 @@ class RunConfig:
 
     # evaluation, checkpoints, logging (0: only at the end)
     eval_every: int = 0
+    # end training at the first validation (every eval_every steps) whose metric reaches this
+    # value: accuracy >= stop_at, or MSE <= stop_at (null: always train all the steps)
+    stop_at: float | None = None
     # after training, also evaluate the final model on test splits of these sequence lengths
     # (the task's test_seq_len option; e.g. length extrapolation of induction heads)
     eval_lengths: list[int] = field(default_factory=list)
@@ -133,6 +136,8 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be a positive integer or null, got {v}")
+        if self.stop_at is not None and not self.eval_every:
+            raise ValueError(f"stop_at={self.stop_at} is checked at the validations: set eval_every > 0 as well")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("need lr > 0, weight_decay >= 0, grad_clip >= 0 and 0 <= min_lr_ratio <= 1")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

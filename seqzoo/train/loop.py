@@ -30,6 +30,8 @@ What it does, in order:
 7. Evaluation on val every ``eval_every`` steps and on val and test at the end: accuracy
    (over items, or over scored positions for per-position targets) or MSE, with the
    chance level of the split and whether the model beat it (see :func:`chance_verdict`).
+   With ``stop_at``, training ends at the first validation that reaches it (the result's
+   ``steps`` and ``stopped_at_target`` say where).
 """
 
 from __future__ import annotations
@@ -550,8 +552,16 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
         last_ckpt = (step, checkpoint.folder(out, step) if out is not None else None)
         d.barrier()
 
-    sampler = ResumableSampler(train_ds, num_replicas=d.world, rank=d.rank, seed=cfg.seed)
     info = plan.info
+
+    def reached(ev: dict[str, Any]) -> bool:
+        """Has a validation reached cfg.stop_at (accuracy at least, MSE at most)?"""
+        if cfg.stop_at is None:
+            return False
+        return ev["value"] <= cfg.stop_at if info.metric == "mse" else ev["value"] >= cfg.stop_at
+
+    stopped = any(reached(ev) for ev in evals)  # a resumed run that had already stopped stays stopped
+    sampler = ResumableSampler(train_ds, num_replicas=d.world, rank=d.rank, seed=cfg.seed)
     say(f"{cfg.layer} x {cfg.task}: {n_params:,} parameters, {len(train_ds):,} train items, "
         f"{cfg.steps} steps of {cfg.batch_size}, device {device}, "
         f"{'bf16 autocast' if autocast is not contextlib.nullcontext else 'fp32'}, {d.world} process(es)")
@@ -567,7 +577,7 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
         signals = stack.enter_context(faults.StopSignals(enabled=handle_signals))
         if bar is not None:
             stack.callback(bar.close)
-        while step < cfg.steps:
+        while step < cfg.steps and not stopped:
             sampler.set_epoch(epoch)
             sampler.start = offset * per_rank
             if hasattr(train_ds, "set_epoch"):
@@ -630,6 +640,10 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
                     evals.append(ev)
                     log_line(ev)
                     say(f"step {step}: val {ev['metric']} {ev['value']:.4f} (chance {ev['chance']:.4f})")
+                    if reached(ev):
+                        stopped = True
+                        log_line({"event": "stop_at", "step": step, "value": ev["value"], "stop_at": cfg.stop_at})
+                        say(f"step {step}: val {ev['metric']} reached stop_at={cfg.stop_at}: training ends here")
                 if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
                     save_ckpt()
                 if signum:  # a scheduler's notice (on any rank): checkpoint and stop, all at this step
@@ -639,7 +653,7 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
                     log_line({"event": "preempted", "signal": name, "step": step, "checkpoint": str(last_ckpt[1])})
                     d.barrier()  # no rank exits (and has torchrun stop the others) before all is written
                     raise faults.Preempted(name, step, last_ckpt[1])
-                if step >= cfg.steps:
+                if step >= cfg.steps or stopped:
                     break
             else:
                 epoch += 1
@@ -666,7 +680,7 @@ def train(cfg: RunConfig | Plan, out: str | Path | None = None, *, resume: bool 
         "val": final["val"], "test": final["test"],
         "value": final["test"]["value"], "chance": final["test"]["chance"],
         "beats_chance": final["test"]["beats_chance"],
-        "params": n_params, "steps": step, "nonfinite_skips": skips, "first_loss": history[0]["loss"] if history else None,
+        "params": n_params, "steps": step, "stopped_at_target": stopped, "nonfinite_skips": skips, "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,
         "train_time_s": round(train_time, 3), "eval_time_s": round(eval_time, 3), "data_time_s": round(t_data, 3),
         "world_size": d.world, "param_hashes": hashes, "device": str(device), "threads": torch.get_num_threads(),

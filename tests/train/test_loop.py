@@ -4,6 +4,7 @@ checkpoints, and one short training run."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -239,6 +240,27 @@ def test_param_hash_sees_every_parameter():
     with torch.no_grad():
         b.bias[1] += 1e-7
     assert param_hash(a) != param_hash(b)
+
+
+def test_stop_at_ends_training_at_the_first_validation_that_reaches_it(tmp_path, data_root):
+    """stop_at: accuracy >= it at a validation ends training there (a target of 0 at the
+    first one); the resumed run stays stopped; a target never reached trains every step;
+    stop_at without validations is refused."""
+    base = ["steps=30", "log_every=5", "eval_every=10", "train_size=64", "val_size=16", "test_size=16",
+            "batch_size=8", "d_model=16", "n_layers=1"]
+    cfg = compose("mqar", "s4d", preset="quick", overrides=[*base, "stop_at=0.0"])
+    r = train(cfg, tmp_path / "a", progress=False, log=lambda *a: None, data_root=data_root)
+    assert r["steps"] == 10 and r["stopped_at_target"] and [e["step"] for e in r["evals"]] == [10]
+    events = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert {"event": "stop_at", "step": 10, "value": r["evals"][0]["value"], "stop_at": 0.0} in events
+    again = train(cfg, tmp_path / "a", progress=False, log=lambda *a: None, data_root=data_root)
+    assert again["steps"] == 10 and again["param_hashes"] == r["param_hashes"]
+    never = train(compose("mqar", "s4d", preset="quick", overrides=[*base, "stop_at=1.01"]), tmp_path / "b",
+                  progress=False, log=lambda *a: None, data_root=data_root)
+    assert never["steps"] == 30 and not never["stopped_at_target"] and len(never["evals"]) == 2
+    with pytest.raises(Exception, match="stop_at=0.9 is checked at the validations: set eval_every > 0"):
+        train(compose("mqar", "s4d", preset="quick", overrides=["stop_at=0.9", "eval_every=0"]), None,
+              progress=False, log=lambda *a: None, data_root=data_root)
 
 
 def test_a_short_run_learns_and_writes_its_results(tmp_path, data_root):
