@@ -53,6 +53,8 @@ def test_papers_preset_composes():
     widths = {c.variant: c.config.d_model for c in mqar}
     assert widths and all(v == f"d_model={d}" for v, d in widths.items()) and len(set(widths.values())) >= 3
     assert len(mqar) == len(spec["mqar"].layers) * len(widths)
+    attn = {c.config.d_model: (c.config.steps, c.config.lr) for c in mqar if c.layer == "attention"}
+    assert attn == {32: (6000, 0.002), 64: (4000, 0.002), 128: (4000, 0.001)}  # the measured runs' settings
     for c in by_task["induction_heads"]:
         L = c.config.task_options["seq_len"]
         assert c.config.task_options["test_seq_len"] == L
