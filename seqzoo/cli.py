@@ -158,6 +158,8 @@ def bench_lra(
     resume: Annotated[bool, typer.Option(help="reuse finished runs in --out that have the same config")] = True,
     dry_run: Annotated[bool, typer.Option(help="validate every config and build every model; print each run's "
                                               "recipe and its source; no data, no training")] = False,
+    estimate: Annotated[int, typer.Option(help="with --dry-run: time this many training steps of every run (on its "
+                                               "data, --threads threads) and print its training time and the total")] = 0,
 ) -> None:
     """Every layer x every task under a preset: results.jsonl, results.md (table; with the
     full preset, the published LRA numbers beside ours) and accuracy.png. Under the full
@@ -166,8 +168,11 @@ def bench_lra(
     from seqzoo.train.suite import plan_suite, run_suite
 
     try:
+        if estimate and not dry_run:
+            raise ConfigError("--estimate times the runs of a --dry-run: add --dry-run")
         if dry_run:
-            _dry_run(plan_suite(preset, _names(layers), _names(tasks), overrides or []))
+            torch.set_num_threads(threads)
+            _dry_run(plan_suite(preset, _names(layers), _names(tasks), overrides or []), estimate, data)
             return
         s = run_suite(preset, out, layers=_names(layers), tasks=_names(tasks), overrides=overrides or [], jobs=jobs,
                       threads=threads, data_root=data, resume=resume)
@@ -189,24 +194,37 @@ def _block(c) -> str:
     return ", ".join(parts)
 
 
-def _dry_run(cells) -> None:
+def _dry_run(cells, estimate: int = 0, data_root: Path | None = None) -> None:
     from seqzoo.timing import table
     from seqzoo.train import resolve
     from seqzoo.train.loop import build_run_model, param_groups
+    from seqzoo.train.suite import step_cost
 
-    rows = []
+    rows, minutes = [], []
     for cell in cells:
         plan = resolve(cell.config)
         c = cell.config
         model = build_run_model(plan)
         param_groups(model, c.lr, c.weight_decay, c.param_overrides)  # every override must match a parameter
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        rows.append((cell.task, cell.layer, c.recipe, plan.info.seq_len, c.d_model, c.n_layers, _block(c), f"{n:,}",
-                     c.steps, c.batch_size, c.lr, c.train_size if c.train_size is not None else "default",
-                     c.recipe_source))
-    typer.echo(table(("task", "layer", "recipe", "L", "d_model", "layers", "block", "params", "steps", "batch", "lr",
-                      "train items", "source"), rows))
-    typer.echo(f"{len(cells)} runs validated and built (no data generated, nothing trained)")
+        row = (cell.task, cell.layer + (f" ({cell.variant})" if cell.variant else ""), c.recipe, plan.info.seq_len,
+               c.d_model, c.n_layers, _block(c), f"{n:,}", c.steps, c.batch_size, c.lr,
+               c.train_size if c.train_size is not None else "default")
+        if estimate:
+            sec = step_cost(cell, estimate, data_root)
+            minutes.append(sec * c.steps / 60)
+            row += (f"{1000 * sec:.0f}", f"{minutes[-1]:.1f}")
+        rows.append((*row, c.recipe_source))
+    head = ("task", "layer", "recipe", "L", "d_model", "layers", "block", "params", "steps", "batch", "lr", "train items")
+    if estimate:
+        head += ("ms / step", "train min")
+    typer.echo(table((*head, "source"), rows))
+    if estimate:
+        typer.echo(f"{len(cells)} runs: {sum(minutes):.0f} minutes of training with {torch.get_num_threads()} thread(s) "
+                   f"each (from {estimate} timed steps per run; evaluations not included); with --jobs J in parallel "
+                   f"about {sum(minutes):.0f} / J minutes when J * threads <= the CPU cores")
+    else:
+        typer.echo(f"{len(cells)} runs validated and built (no data generated, nothing trained)")
 
 
 @bench_app.command("modes")

@@ -36,7 +36,7 @@ from seqzoo.train.loop import same_config
 from seqzoo.train.published import LAYER_TO_MODEL, LRA_TASKS, PUBLISHED, ROWS
 from seqzoo.train.spec import load_spec
 
-__all__ = ["Cell", "plan_suite", "run_suite", "results_table", "published_table", "plot_results", "SuiteSummary"]
+__all__ = ["Cell", "plan_suite", "step_cost", "run_suite", "results_table", "published_table", "plot_results", "SuiteSummary"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,26 @@ def plan_suite(preset: str, layers: Sequence[str] | None = None, tasks: Sequence
                 cfg = compose(task, layer, preset=preset, overrides=[*t.overrides(layer, variant, sweep), *overrides])
                 cells.append(Cell(layer, task, cfg, variant))
     return cells
+
+
+def step_cost(cell: Cell, steps: int = 4, data_root: str | Path | None = None) -> float:
+    """Seconds per training step of ``cell`` on this machine (current torch threads): the real
+    training loop on the cell's data for ``2 + steps`` steps, the mean of the last ``steps``
+    (the first two warm up). Multiply by ``cell.config.steps`` for the training time of the
+    cell (the validations and the final evaluation are not included)."""
+    import dataclasses
+
+    from seqzoo.train.loop import train
+
+    if steps < 1:
+        raise ValueError(f"step_cost: steps must be >= 1, got {steps}")
+    c = cell.config
+    small = {k: min(v or c.batch_size, c.batch_size) for k, v in (("val_size", c.val_size), ("test_size", c.test_size))}
+    cfg = dataclasses.replace(c, steps=steps + 2, log_every=1, eval_every=0, eval_lengths=[], ckpt_every=0,
+                              stop_at=None, **small)
+    r = train(cfg, None, data_root=data_root, progress=False, log=lambda *a, **k: None, handle_signals=False)
+    times = [h["time_s"] for h in r["history"]]
+    return (times[-1] - times[1]) / steps
 
 
 def _data_key(cfg: RunConfig) -> str:

@@ -4,6 +4,7 @@ preset starting: every task's full config trains one step on tiny data."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -87,6 +88,26 @@ def test_full_dry_run_builds_every_model():
     assert "lindermanlab/S5@3c18fdb bin/run_experiments/run_lra_pathx.sh" in rows[("pathx", "s5")]
     assert "| common " in rows[("pathx", "mamba")] and "configs/lra/pathx.yaml (seqzoo's common recipe)" in rows[
         ("pathx", "mamba")] and "pre-LN, MLP x2" in rows[("pathx", "mamba")]
+
+
+def test_dry_run_estimate_times_each_run(data_root, monkeypatch):
+    """--estimate N: every run's time per step (the training loop on its data) and its
+    training minutes (steps x that time), and the total; only with --dry-run."""
+    monkeypatch.setenv("SEQZOO_DATA", str(data_root))
+    args = ["bench", "lra", "--preset", "quick", "--dry-run", "--layers", "s4d,attention", "--tasks", "adding",
+            "--threads", "1", "train_size=64", "val_size=16", "test_size=16", "batch_size=8", "d_model=16"]
+    r = CliRunner().invoke(app, [*args, "--estimate", "1"])
+    assert r.exit_code == 0, r.output
+    rows = [line.split("|") for line in r.output.splitlines() if line.startswith("| adding")]
+    assert len(rows) == 2
+    cols = [c.strip() for c in next(line for line in r.output.splitlines() if line.startswith("| task")).split("|")]
+    ms, minutes, steps = cols.index("ms / step"), cols.index("train min"), cols.index("steps")
+    for row in rows:
+        assert float(row[ms]) > 0
+        assert float(row[minutes]) == pytest.approx(float(row[ms]) / 1000 * int(row[steps]) / 60, abs=0.06)
+    assert re.search(r"2 runs: \d+ minutes of training with 1 thread\(s\) each \(from 1 timed steps per run", r.output)
+    bad = CliRunner().invoke(app, [*args[:4], "--estimate", "1"])
+    assert bad.exit_code != 0 and "--estimate times the runs of a --dry-run: add --dry-run" in bad.output
 
 
 def test_plan_suite_covers_every_layer_and_task():
