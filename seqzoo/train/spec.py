@@ -59,14 +59,17 @@ class TaskSpec:
 
     def variants(self) -> list[tuple[str, list[str]]]:
         """(label, overrides) per point of the sweep: ``[("", [])]`` without one."""
-        if not self.sweep:
-            return [("", [])]
-        keys = [k for k, _ in self.sweep]
-        out = []
-        for values in itertools.product(*(v for _, v in self.sweep)):
-            label = ",".join(f"{k}={v}" for k, v in zip(keys, values))
-            out.append((label, [f"{k}={json.dumps(v)}" for k, v in zip(keys, values)]))
-        return out
+        return _sweep_points(self.sweep) if self.sweep else [("", [])]
+
+
+def _sweep_points(sweep: tuple[tuple[str, tuple[Any, ...]], ...]) -> list[tuple[str, list[str]]]:
+    """(label, overrides) per point of a sweep, its options crossed: ("d_model=32", ["d_model=32"])."""
+    keys = [k for k, _ in sweep]
+    out = []
+    for values in itertools.product(*(v for _, v in sweep)):
+        label = ",".join(f"{k}={v}" for k, v in zip(keys, values))
+        out.append((label, [f"{k}={json.dumps(v)}" for k, v in zip(keys, values)]))
+    return out
 
 
 def _overrides(where: str, opts: Any) -> tuple[str, ...]:
@@ -127,12 +130,11 @@ def load_spec(preset: str) -> dict[str, TaskSpec] | None:
         published = t.get("published") or {}
         if not isinstance(published, dict) or (published and "source" not in published):
             raise ConfigError(f"{where}.published must have a 'source' (paper, table or figure) and 'values'")
-        sweep_keys = [str(k) for k in sweep]
-        labels = [",".join(f"{k}={v}" for k, v in zip(sweep_keys, values))
-                  for values in itertools.product(*sweep.values())] if sweep else []
+        sweep = tuple((str(k), tuple(v)) for k, v in sweep.items())
+        labels = [label for label, _ in _sweep_points(sweep)] if sweep else []
         own, at_point = {}, {}
         for name, opts in layers.items():
-            points = {k: v for k, v in (opts or {}).items() if isinstance(opts, dict) and "=" in str(k)}
+            points = {k: v for k, v in opts.items() if "=" in str(k)} if isinstance(opts, dict) else {}
             for label, v in points.items():
                 if label not in labels:
                     raise ConfigError(f"{where}.layers.{name}: {label!r} is not a point of this task's sweep "
@@ -143,7 +145,7 @@ def load_spec(preset: str) -> dict[str, TaskSpec] | None:
         out[task] = TaskSpec(
             task=task, title=str(t.get("title", task)),
             layers=own, at_point=at_point,
-            sweep=tuple((str(k), tuple(v)) for k, v in sweep.items()),
+            sweep=sweep,
             published_source=str(published.get("source", "")),
             published=_per_layer(f"{where}.published.values", published.get("values"), layers, scalar_ok=True),
             expect=_per_layer(f"{where}.expect", t.get("expect"), layers, scalar_ok=True),
