@@ -171,7 +171,8 @@ def bench_lra(
         if estimate and not dry_run:
             raise ConfigError("--estimate times the runs of a --dry-run: add --dry-run")
         if dry_run:
-            torch.set_num_threads(threads)
+            if estimate:
+                torch.set_num_threads(threads)  # the timed steps run with the suite's threads per run
             _dry_run(plan_suite(preset, _names(layers), _names(tasks), overrides or []), estimate, data)
             return
         s = run_suite(preset, out, layers=_names(layers), tasks=_names(tasks), overrides=overrides or [], jobs=jobs,

@@ -326,15 +326,12 @@ def evaluate(model: nn.Module, ds, plan: Plan, split: str, *, d: Dist | None = N
             sums[2] += y.numel()
             sums[3] += y.sum()
             sums[4] += y.pow(2).sum()
-        elif info.target == "sequence":  # out, labels: the scored positions only
+        else:  # a class per item, or per scored position (predict kept only those)
             sums[0] += (out.argmax(-1) == labels).sum()
             sums[1] += F.cross_entropy(out, labels, reduction="sum")
             sums[2] += labels.numel()
-        else:
-            sums[0] += (out.argmax(-1) == labels).sum()
-            sums[1] += F.cross_entropy(out, labels, reduction="sum")
-            sums[2] += labels.numel()
-            sums[5:] += torch.bincount(labels, minlength=n_cls)[:n_cls].to(sums.dtype)
+            if info.target == "class":
+                sums[5:] += torch.bincount(labels, minlength=n_cls)[:n_cls].to(sums.dtype)
     if d.on:
         torch_dist.all_reduce(sums)
     model.train(was_training)
