@@ -5,18 +5,24 @@
 // Why a fused step: decoding calls the block once per token and layer with batch 1, where
 // the arithmetic is a few matrix-vector products and ~E*N multiply-adds. As ~15 separate
 // tensor ops each call pays dispatch and allocation (microseconds) for nanoseconds of work;
-// here the three projections are single at::linear calls (BLAS matrix-vector products, the
-// weights read once) and everything between them is two passes over the E channels:
+// here the three projections are matrix-vector products that read each weight once
+// (csrc/gemv.h; MKL's sgemv, which at::linear called, takes its generic code path on this
+// project's AMD CPUs and reached half the cache's bandwidth: the step's whole cost) and
+// everything between them is two passes over the E channels, every intermediate in one
+// scratch buffer:
+//   in_proj(x) -> (xi, z)   (B, 2E)
 //   pass 1, per channel e:  the conv over [conv_state, xi] (W taps), silu -> u_e, and the
 //                           shifted conv state;
 //   x_proj(u) -> (Δ̃, B, C)  one matrix-vector product (it needs all of u);
 //   pass 2, per channel e:  Δ_e = softplus(<dt_proj_e, Δ̃> + bias_e),
 //                           h_e = exp(Δ_e A_e) ⊙ h_e + Δ_e u_e B  (N-vector, vectorised
-//                           over n with vmath::exp), y_e = <h_e, C> + D_e u_e, y_e silu(z_e).
-// Single-threaded: at batch 1 a block's step is ~10 µs of arithmetic, less than waking
-// threads costs; the projections use BLAS's own threading.
+//                           over n with vmath::exp), y_e = <h_e, C> + D_e u_e, y_e silu(z_e);
+//   out_proj(y).
+// Single-threaded: at batch 1 a block's step is ~10 µs of arithmetic and a weight read of
+// ~1.6 MB (d_model 256), less than waking threads costs.
 #include <cmath>
 
+#include "gemv.h"
 #include "selective_step/selective_step.h"
 #include "vec_math.h"
 
@@ -138,7 +144,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_step_cpu(
                dt_proj_weight, dt_bias, A, D, out_proj_weight, out_proj_bias);
   const int64_t B = x.size(0), E = A.size(0), N = A.size(1), W = conv_weight.size(1);
   const int64_t R = dt_proj_weight.size(1);
-  const auto xz = at::linear(x, in_proj_weight, in_proj_bias).contiguous();  // (B, 2E)
+  const int64_t Dm = x.size(1), Dout = out_proj_weight.size(0);
+  const auto xc = x.contiguous();
+  const auto in_w = in_proj_weight.contiguous();
+  const auto in_b = in_proj_bias ? in_proj_bias->contiguous() : at::Tensor();
+  const auto xp_w = x_proj_weight.contiguous();
+  const auto out_w = out_proj_weight.contiguous();
+  const auto out_b = out_proj_bias ? out_proj_bias->contiguous() : at::Tensor();
   const auto cs = conv_state.contiguous();
   const auto cw = conv_weight.contiguous();
   const auto h0 = ssm_state.contiguous();
@@ -147,25 +159,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_step_cpu(
   const auto Ac = A.contiguous();
   const auto Dc = D.contiguous();
   const auto cb = conv_bias ? conv_bias->contiguous() : at::Tensor();
-  auto u = at::empty({B, E}, x.options());
+  auto out = at::empty({B, Dout}, x.options());
   auto new_cs = at::empty({B, E, W - 1}, x.options());
   auto h = at::empty({B, E, N}, x.options());
-  auto y = at::empty({B, E}, x.options());
-  auto work = at::empty({2 * E}, x.options());
+  // scratch, one allocation: xz (B, 2E), u (B, E), x_proj's output (B, R+2N), y (B, E), 2E
+  auto work = at::empty({B * (4 * E + R + 2 * N) + 2 * E}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_step_cpu", [&] {
-    mix<scalar_t>(B, E, W, xz.const_data_ptr<scalar_t>(), cs.const_data_ptr<scalar_t>(),
-                  cw.const_data_ptr<scalar_t>(), cb.defined() ? cb.const_data_ptr<scalar_t>() : nullptr,
-                  u.mutable_data_ptr<scalar_t>(), new_cs.mutable_data_ptr<scalar_t>());
+    using T = scalar_t;
+    auto opt = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<T>() : nullptr; };
+    T* xz = work.mutable_data_ptr<T>();
+    T* u = xz + B * 2 * E;
+    T* xdbl = u + B * E;
+    T* y = xdbl + B * (R + 2 * N);
+    T* scratch = y + B * E;
+    gemv<T>(B, 2 * E, Dm, xc.const_data_ptr<T>(), in_w.const_data_ptr<T>(), opt(in_b), xz);
+    mix<T>(B, E, W, xz, cs.const_data_ptr<T>(), cw.const_data_ptr<T>(), opt(cb), u, new_cs.mutable_data_ptr<T>());
+    gemv<T>(B, R + 2 * N, E, u, xp_w.const_data_ptr<T>(), nullptr, xdbl);
+    scan<T>(B, E, N, R, xz, u, xdbl, dtw.const_data_ptr<T>(), dtb.const_data_ptr<T>(), Ac.const_data_ptr<T>(),
+            Dc.const_data_ptr<T>(), h0.const_data_ptr<T>(), h.mutable_data_ptr<T>(), y, scratch);
+    gemv<T>(B, Dout, E, y, out_w.const_data_ptr<T>(), opt(out_b), out.mutable_data_ptr<T>());
   });
-  const auto xdbl = at::linear(u, x_proj_weight).contiguous();  // (B, R + 2N)
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_step_cpu", [&] {
-    scan<scalar_t>(B, E, N, R, xz.const_data_ptr<scalar_t>(), u.const_data_ptr<scalar_t>(),
-                   xdbl.const_data_ptr<scalar_t>(), dtw.const_data_ptr<scalar_t>(), dtb.const_data_ptr<scalar_t>(),
-                   Ac.const_data_ptr<scalar_t>(), Dc.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
-                   h.mutable_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
-                   work.mutable_data_ptr<scalar_t>());
-  });
-  auto out = at::linear(y, out_proj_weight, out_proj_bias);
   return {out, new_cs, h};
 }
 
