@@ -6,10 +6,8 @@
 // the arithmetic is a few matrix-vector products and ~E*N multiply-adds. As ~15 separate
 // tensor ops each call pays dispatch and allocation (microseconds) for nanoseconds of work;
 // here the three projections are matrix-vector products that read each weight once
-// (csrc/gemv.h; MKL's sgemv, which at::linear called, takes its generic code path on this
-// project's AMD CPUs and reached half the cache's bandwidth: the step's whole cost) and
-// everything between them is two passes over the E channels, every intermediate in one
-// scratch buffer:
+// (csrc/gemv.h: its own loop for up to 4 batch rows, BLAS beyond) and everything between
+// them is two passes over the E channels, every intermediate in one scratch buffer:
 //   in_proj(x) -> (xi, z)   (B, 2E)
 //   pass 1, per channel e:  the conv over [conv_state, xi] (W taps), silu -> u_e, and the
 //                           shifted conv state;
@@ -164,21 +162,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_step_cpu(
   auto h = at::empty({B, E, N}, x.options());
   // scratch, one allocation: xz (B, 2E), u (B, E), x_proj's output (B, R+2N), y (B, E), 2E
   auto work = at::empty({B * (4 * E + R + 2 * N) + 2 * E}, x.options());
+  int64_t off = 0;
+  auto take = [&](int64_t rows, int64_t cols) {
+    auto t = work.narrow(0, off, rows * cols).view({rows, cols});
+    off += rows * cols;
+    return t;
+  };
+  auto xz = take(B, 2 * E), u = take(B, E), xdbl = take(B, R + 2 * N), y = take(B, E), scratch = take(1, 2 * E);
+  linear_rows_out(xz, xc, in_w, in_b);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_step_cpu", [&] {
     using T = scalar_t;
-    auto opt = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<T>() : nullptr; };
-    T* xz = work.mutable_data_ptr<T>();
-    T* u = xz + B * 2 * E;
-    T* xdbl = u + B * E;
-    T* y = xdbl + B * (R + 2 * N);
-    T* scratch = y + B * E;
-    gemv<T>(B, 2 * E, Dm, xc.const_data_ptr<T>(), in_w.const_data_ptr<T>(), opt(in_b), xz);
-    mix<T>(B, E, W, xz, cs.const_data_ptr<T>(), cw.const_data_ptr<T>(), opt(cb), u, new_cs.mutable_data_ptr<T>());
-    gemv<T>(B, R + 2 * N, E, u, xp_w.const_data_ptr<T>(), nullptr, xdbl);
-    scan<T>(B, E, N, R, xz, u, xdbl, dtw.const_data_ptr<T>(), dtb.const_data_ptr<T>(), Ac.const_data_ptr<T>(),
-            Dc.const_data_ptr<T>(), h0.const_data_ptr<T>(), h.mutable_data_ptr<T>(), y, scratch);
-    gemv<T>(B, Dout, E, y, out_w.const_data_ptr<T>(), opt(out_b), out.mutable_data_ptr<T>());
+    mix<T>(B, E, W, xz.const_data_ptr<T>(), cs.const_data_ptr<T>(), cw.const_data_ptr<T>(),
+           cb.defined() ? cb.const_data_ptr<T>() : nullptr, u.mutable_data_ptr<T>(), new_cs.mutable_data_ptr<T>());
   });
+  linear_rows_out(xdbl, u, xp_w, at::Tensor());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_step_cpu", [&] {
+    using T = scalar_t;
+    scan<T>(B, E, N, R, xz.const_data_ptr<T>(), u.const_data_ptr<T>(), xdbl.const_data_ptr<T>(),
+            dtw.const_data_ptr<T>(), dtb.const_data_ptr<T>(), Ac.const_data_ptr<T>(), Dc.const_data_ptr<T>(),
+            h0.const_data_ptr<T>(), h.mutable_data_ptr<T>(), y.mutable_data_ptr<T>(), scratch.mutable_data_ptr<T>());
+  });
+  linear_rows_out(out, y, out_w, out_b);
   return {out, new_cs, h};
 }
 

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from seqzoo.config import ConfigError, config_from_dict
 from seqzoo.modules.batch_norm import SequenceBatchNorm
 from seqzoo.modules.tied_dropout import TiedDropout, tie_dropouts
+from seqzoo.ops.matvec import run as matvec
 from seqzoo.registry import build as build_layer
 from seqzoo.registry import get_layer
 from seqzoo.tracing import is_tracing
@@ -104,6 +105,12 @@ def _apply_norm(norm: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
     return norm(x, lengths) if isinstance(norm, SequenceBatchNorm) else norm(x)
 
 
+def _linear_step(linear: nn.Module, x_t: Tensor) -> Tensor:
+    """``linear(x_t)`` for one token (B, D) through :func:`seqzoo.ops.matvec`; a module that
+    replaced the ``nn.Linear`` (a subclass, a wrapper) is called as it is."""
+    return matvec(x_t, linear.weight, linear.bias) if type(linear) is nn.Linear else linear(x_t)
+
+
 def _dropout(p: float, tied: bool) -> nn.Module:
     return TiedDropout(p) if tied else nn.Dropout(p)
 
@@ -119,6 +126,12 @@ class GatedMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.fc(x).chunk(2, dim=-1)
         return self.drop(self.proj(F.silu(a) * b))
+
+    def step(self, x_t: Tensor) -> Tensor:
+        """One token (B, D): forward's arithmetic, the products through
+        :func:`seqzoo.ops.matvec` (a decode step's linear layers cost their weight read)."""
+        a, b = _linear_step(self.fc, x_t).chunk(2, dim=-1)
+        return self.drop(_linear_step(self.proj, F.silu(a) * b))
 
 
 class Block(nn.Module):
@@ -151,7 +164,7 @@ class Block(nn.Module):
         y, state = self.mixer.step(self._pre(self.norm1, x_t, None), state)
         x_t = self._post(self.norm1, x_t + self.drop(y), None)
         if self.mlp is not None:
-            x_t = self._post(self.norm2, x_t + self.mlp(self._pre(self.norm2, x_t, None)), None)
+            x_t = self._post(self.norm2, x_t + self.mlp.step(self._pre(self.norm2, x_t, None)), None)
         return x_t, state
 
 
@@ -281,7 +294,7 @@ class SequenceModel(nn.Module):
             x, s = block.step(x, s)
             new.append(s)
         x = _apply_norm(self.norm_f, x, None)
-        return (self.head(x) if self.head is not None else x), tuple(new)
+        return (_linear_step(self.head, x) if self.head is not None else x), tuple(new)
 
 
     # ------------------------------------------------------------------ generation (seqzoo.models.generate)

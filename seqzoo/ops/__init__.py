@@ -9,6 +9,7 @@ from seqzoo.ops.cauchy import cauchy
 from seqzoo.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from seqzoo.ops.diag_scan import diag_scan
 from seqzoo.ops.linear_attn import linear_attn
+from seqzoo.ops.matvec import matvec
 from seqzoo.ops.selective_scan import selective_scan
 from seqzoo.ops.selective_step import selective_step
 from seqzoo.ops.ssd import ssd
@@ -20,6 +21,7 @@ __all__ = [
     "causal_conv1d_update",
     "diag_scan",
     "linear_attn",
+    "matvec",
     "selective_scan",
     "selective_step",
     "ssd",

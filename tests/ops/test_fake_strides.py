@@ -70,6 +70,8 @@ def _cases():
             _t(E, seed=31), -_transposed(E, N, dims=(0, 1), seed=32).abs(), _t(E, seed=33),
             _transposed(Dm, E, dims=(0, 1), seed=34), None)
     out.append(("selective_step", step))
+    out.append(("matvec", (_transposed(B, Dm, dims=(0, 1), seed=35), _transposed(2 * E, Dm, dims=(0, 1), seed=36),
+                           _t(2 * E, seed=37))))
     real_ss = torch.ops.seqzoo.selective_scan(*ss)
     out.append(("selective_scan_backward", (_transposed(B, D, L, seed=20), _transposed(B, D, N, seed=21),
                                             *ss[:8], real_ss[2], True, 4)))

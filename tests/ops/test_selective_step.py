@@ -33,7 +33,7 @@ def _args(Bsz=3, Dm=8, E=12, N=5, W=4, R=3, *, bias=True, conv_bias=True, dtype=
 
 
 @needs_ext
-@pytest.mark.parametrize("W, N, Bsz, bias, conv_bias", list(itertools.product([1, 2, 4], [5, 16], [1, 3], [True, False],
+@pytest.mark.parametrize("W, N, Bsz, bias, conv_bias", list(itertools.product([1, 2, 4], [5, 16], [1, 3, 6], [True, False],
                                                                           [True, False])))
 def test_compiled_matches_reference_float64(W, N, Bsz, bias, conv_bias):
     args = _args(Bsz=Bsz, W=W, N=N, bias=bias, conv_bias=conv_bias)
