@@ -130,11 +130,20 @@ def vandermonde_kernel(coef: Tensor, log_z: Tensor, L: int, powers: Tensor | Non
     return 2 * torch.einsum("...hm,hml->...hl", coef, powers).real
 
 
+def _spectrum(k: Tensor, n: int) -> Tensor:
+    """``rfft(k, n)``, materialised in its own contiguous storage. With k a permuted view (as
+    S4's kernels come), Inductor (torch 2.13) compiled a backward whose gradient for the
+    *other* factor u was wrong (relative error ~1) while the forward and k's gradient were
+    right; ``k.contiguous()`` did not help (Inductor drops it), the round trip through
+    ``view_as_real`` does (tests/layers/test_compile.py, slow, s4's variants)."""
+    return torch.view_as_complex(torch.view_as_real(torch.fft.rfft(k, n=n)).contiguous())
+
+
 def fft_causal_conv(u: Tensor, k: Tensor) -> Tensor:
     """Causal convolution y_t = Σ_{s<=t} k_{t-s} u_s along the last dim. u (..., L), k (H, L)."""
     L = u.shape[-1]
     n = 2 * L
-    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * _spectrum(k, n), n=n)
     return y[..., :L]
 
 
@@ -145,7 +154,7 @@ def fft_bidirectional_conv(u: Tensor, k_fwd: Tensor, k_bwd: Tensor) -> Tensor:
     L = u.shape[-1]
     n = 2 * L
     k = torch.cat([k_fwd, torch.zeros_like(k_fwd[..., :1]), k_bwd[..., : L - 1].flip(-1)], dim=-1)  # (..., 2L)
-    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * _spectrum(k, n), n=n)
     return y[..., :L]
 
 

@@ -69,25 +69,30 @@ def test_every_form_traces_into_one_graph(name, variant):
 @pytest.mark.parametrize("name, variant", CASES)
 def test_inductor_forward_backward_equals_eager(name, variant):
     """fullgraph=True: a graph break would raise. Training mode (the EMA codebook of
-    transformer_vq updates; each side gets its own copy of the layer)."""
+    transformer_vq updates; each side gets its own copy of the layer). Output and input
+    gradient against eager float32; the parameter gradients against eager float64, as close
+    as eager float32's own: on ill-conditioned variants (S4's LegT and FouT measures) float32
+    is off float64 by 1e-2 and more in Δ's and A's gradients, however it is compiled."""
     eager = make(name, variant, dtype=torch.float32).train()
     compiled_layer = copy.deepcopy(eager)
+    exact = copy.deepcopy(eager).double()
     torch._dynamo.reset()
     compiled = torch.compile(compiled_layer, fullgraph=True)
     x = _x(torch.float32)
     results = []
-    for fn, layer in ((eager, eager), (compiled, compiled_layer)):
-        xi = x.clone().requires_grad_()
+    for fn, layer, xx in ((eager, eager, x), (compiled, compiled_layer, x), (exact, exact, x.double())):
+        xi = xx.clone().requires_grad_()
         y, _ = fn(xi, return_state=False)
         y.square().mean().backward()
         results.append((y.detach(), xi.grad, [p.grad for p in layer.parameters() if p.requires_grad]))
-    (y0, gx0, gp0), (y1, gx1, gp1) = results
+    (y0, gx0, gp0), (y1, gx1, gp1), (_, _, gp64) = results
     assert rel_err(y1, y0) < 1e-4
     assert rel_err(gx1, gx0) < 1e-4
-    for a, b in zip(gp1, gp0):
+    for a, b, c in zip(gp1, gp0, gp64):
         assert (a is None) == (b is None)
         if a is not None:
-            assert rel_err(a, b) < 1e-3
+            eager_err = rel_err(b.double(), c)
+            assert rel_err(a.double(), c) < 2 * eager_err + 1e-3, f"compiled {rel_err(a.double(), c):.1e}, eager {eager_err:.1e}"
 
 
 @pytest.mark.slow
