@@ -113,9 +113,12 @@ class TransNormer(SequenceLayer):
         E_q = splice(torch.zeros_like(state.k_buf, dtype=q.dtype), n_buf, q, R)  # (B, T, H, hd)
         E_k = splice(state.k_buf, n_buf, k, R)
         E_v = splice(state.v_buf, n_buf, v, R)
-        qb, kb, vb = (rearrange(t, "b (n r) h d -> b h n r d", r=R) for t in (E_q, E_k, E_v))
-        o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True)  # (B, H, N, R, hd): causal within each block
-        o = unsplice(rearrange(o, "b h n r d -> b (n r) h d"), n_buf, L)  # (B, L, H, hd)
+        # blocks as 4-D (batch, heads·blocks, R, hd): Inductor's SDPA lowering (torch 2.13)
+        # mis-broadcast the causal mask of 5-D (B, H, N, R, hd) inputs and failed to compile
+        H = E_q.shape[2]
+        qb, kb, vb = (rearrange(t, "b (n r) h d -> b (h n) r d", r=R) for t in (E_q, E_k, E_v))
+        o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True)  # causal within each block
+        o = unsplice(rearrange(o, "b (h n) r d -> b (n r) h d", h=H), n_buf, L)  # (B, L, H, hd)
         y = self.out(rearrange(o, "b l h d -> b l (h d)").to(x.dtype))
         n_real = torch.full_like(state.pos, L) if lengths is None else lengths
         end = n_real if fresh else n_buf + n_real  # (B,): E index after each row's last real token
