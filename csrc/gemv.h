@@ -6,7 +6,7 @@
 // uses each loaded weight for two batch rows. Measured against BLAS (MKL's sgemv, which
 // perf shows in its generic "def" code path on this project's AMD CPUs) by
 // `python -m bench.matvec`: equal at one row (both stream at what the memory delivers),
-// 1.2-1.5x faster at 2-4 rows (MKL's small-batch product re-reads the matrix), slower
+// 1.2-1.5x faster at 2-4 rows (MKL's time grows with the rows: 1.8x at two), slower
 // beyond, where linear_rows_out hands over to BLAS's blocked product. Summation order
 // differs from BLAS only by rounding.
 #pragma once
