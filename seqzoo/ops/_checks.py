@@ -23,3 +23,18 @@ def check_real_tensors(op: str, named: dict[str, Tensor | None]) -> None:
             raise TypeError(f"{op}: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32, float64")
         if t.device != ref.device:
             raise ValueError(f"{op}: {name} is on {t.device} but {first} is on {ref.device}")
+
+
+def inference_kernel_takes(tensors) -> bool:
+    """Whether a CPU inference kernel (no backward; float32/float64 loops) computes what its
+    reference would for these tensors (``None`` entries skipped; the first sets the dtype):
+    every tensor float32, or every tensor float64; no autocast (under which the reference's
+    products run in the autocast dtype); no gradient needed (the reference's autograd is
+    then the op's derivative)."""
+    tensors = [t for t in tensors if t is not None]
+    x = tensors[0]
+    dtype = x.dtype
+    if dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(x.device.type):
+        return False
+    grad = torch.is_grad_enabled()
+    return all(t.dtype == dtype and not (grad and t.requires_grad) for t in tensors)

@@ -5,8 +5,8 @@ A batch-1 step reads each weight once and does one multiply-add with it, so a de
 step's linear layers cost their weight read. The compiled kernel (csrc/matvec/, the loop of
 csrc/gemv.h) streams the weight rows once for up to 4 rows of x. ``F.linear`` (MKL) matches
 it at one row, but its time grows with the rows (two rows: 1.8x one row's), so at 2-4 rows
-the kernel is 1.2-1.5x faster (``python -m bench.matvec``); in a 4-layer Mamba language model with MLPs a batch-1 decode
-step got 1.10x faster (docs/benchmarks.md).
+the kernel is 1.2-1.5x faster (``python -m bench.matvec``); in a 4-layer Mamba language
+model with MLPs a batch-1 decode step got 1.10x faster (docs/benchmarks.md).
 
 Backends (chosen in :mod:`seqzoo.ops._dispatch`):
     "cpp"  seqzoo's CPU kernel: float32 or float64, all of one dtype, no gradient needed,
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from seqzoo import _ext
 from seqzoo.ops import _dispatch
-from seqzoo.ops._checks import check_real_tensors
+from seqzoo.ops._checks import check_real_tensors, inference_kernel_takes
 from seqzoo.ops.matvec import ref
 
 if _ext.available():
@@ -51,23 +51,12 @@ def matvec(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: st
     return run(x, weight, bias, backend)
 
 
-def _kernel_takes(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """float32 or float64, all of one dtype, outside autocast, no gradient needed."""
-    dtype = x.dtype
-    if dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(x.device.type):
-        return False
-    if weight.dtype != dtype or (bias is not None and bias.dtype != dtype):
-        return False
-    return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                             or (bias is not None and bias.requires_grad)))
-
-
 def run(x: Tensor, weight: Tensor, bias: Tensor | None = None, backend: str = "auto") -> Tensor:
     """:func:`matvec` on already checked arguments: what a layer's step calls per token."""
     if backend == "auto" and (x.shape[0] > _KERNEL_ROWS or not _ext.has_kernel("matvec", x.device.type)):
         return ref.matvec(x, weight, bias)
     choice = _dispatch.select("matvec", backend, x.device, x.dtype)
-    if choice == "cpp" and not _kernel_takes(x, weight, bias):
+    if choice == "cpp" and not inference_kernel_takes((x, weight, bias)):
         if backend == "cpp":
             raise ValueError(
                 "matvec: backend='cpp' takes float32 or float64 tensors, all of one dtype, outside autocast and "

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from seqzoo import _ext
 from seqzoo.ops import _dispatch
-from seqzoo.ops._checks import check_real_tensors
+from seqzoo.ops._checks import check_real_tensors, inference_kernel_takes
 from seqzoo.ops.selective_step import ref
 
 if _ext.available():
@@ -58,19 +58,10 @@ def _check(args: tuple) -> None:
 
 
 def fused_ok(args: tuple[Tensor | None, ...]) -> bool:
-    """Whether the compiled kernel computes what the reference specifies for these inputs:
-    every tensor float32, or every tensor float64; no autocast (under which the reference's
-    projections run in the autocast dtype); no gradient needed (the kernel has no backward:
-    the reference's autograd is the step's derivative)."""
-    x = args[0]
-    dtype = x.dtype
-    if dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(x.device.type):
-        return False
-    grad = torch.is_grad_enabled()
-    for t in args:
-        if t is not None and (t.dtype != dtype or (grad and t.requires_grad)):
-            return False
-    return True
+    """Whether the compiled kernel computes what the reference specifies for these inputs
+    (:func:`seqzoo.ops._checks.inference_kernel_takes`: all float32 or all float64, no
+    autocast, no gradient needed)."""
+    return inference_kernel_takes(args)
 
 
 def selective_step(
