@@ -25,6 +25,7 @@ from seqzoo.train.loop import (
     param_hash,
     predict,
     task_loss,
+    unpadded,
 )
 
 
@@ -174,6 +175,28 @@ def test_sequence_loss_scores_the_labelled_positions_only():
     full, _ = model(x)
     want = torch.nn.functional.cross_entropy(full.reshape(-1, 6), labels.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(task_loss(pred, scored, "sequence"), want.float())
+
+
+def test_unpadded_drops_lengths_only_when_no_row_is_padded():
+    x = torch.zeros(3, 5, dtype=torch.long)
+    assert unpadded(x, torch.tensor([5, 5, 5])) is None
+    short = torch.tensor([5, 4, 5])
+    assert unpadded(x, short) is short
+    assert unpadded(torch.zeros(2, 5, 3), torch.tensor([5, 5])) is None  # real inputs (B, L, C)
+    pair = unpadded((x, torch.zeros(3, 7, dtype=torch.long)), (torch.tensor([5, 5, 5]), torch.tensor([7, 6, 7])))
+    assert pair[0] is None and pair[1].tolist() == [7, 6, 7]
+    assert unpadded(x, None) is None
+
+
+@pytest.mark.parametrize("layer", ["mamba", "s4d", "attention"])
+def test_full_lengths_and_no_lengths_give_the_same_output(layer):
+    """What unpadded relies on: with every row full, masking changes nothing (bit for bit)."""
+    torch.manual_seed(0)
+    model = seqzoo.build_model(layer, d_model=16, n_layers=2, vocab_size=7, head="lm")
+    x = torch.randint(0, 7, (3, 10))
+    with_lengths, _ = model(x, lengths=torch.full((3,), 10))
+    without, _ = model(x)
+    assert torch.equal(with_lengths, without)
 
 
 def test_aux_loss_is_collected_once():
