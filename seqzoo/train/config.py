@@ -247,11 +247,12 @@ def compose(task: str, layer: str | None = None, preset: str = "full",
         options = _apply_recipe({**options, "recipe_source": f"{where} (seqzoo's common recipe)"}, task,
                                 layer or RunConfig.layer, recipe)
     else:
-        options["recipe_source"] = f"configs/presets/{preset}/ over {where}"
+        pdir = root / "presets" / preset  # an absolute path (a preset folder elsewhere) stays itself
+        shown = f"configs/presets/{preset}" if not Path(preset).is_absolute() else str(pdir)
+        options["recipe_source"] = f"{shown}/ over {where}"
         if asked.get("recipe", "common") != "common":
             raise ConfigError(f"recipe={asked['recipe']}: recipes belong to the full preset; preset {preset!r} "
                               "sets its own sizes")
-        pdir = root / "presets" / preset
         if not pdir.is_dir():
             raise ConfigError(f"unknown preset {preset!r}. Valid presets: {', '.join(list_presets())}")
         for f in (pdir / "defaults.yaml", pdir / f"{task}.yaml"):

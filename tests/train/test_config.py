@@ -131,6 +131,16 @@ def test_quick_preset_keeps_the_common_block():
             assert c.recipe_source == f"configs/presets/quick/ over configs/lra/{task}.yaml"
 
 
+def test_a_preset_folder_elsewhere_is_named_by_its_path(tmp_path):
+    import shutil
+
+    folder = tmp_path / "mine"
+    shutil.copytree(seqzoo.config.configs_dir() / "presets" / "quick", folder)
+    (folder / "defaults.yaml").write_text((folder / "defaults.yaml").read_text() + "\nseed: 7\n")
+    c = compose("listops", "s4d", preset=str(folder))
+    assert c.seed == 7 and c.recipe_source == f"{folder}/ over configs/lra/listops.yaml"
+
+
 def test_cli_rejects_bad_configs_before_work(tmp_path, data_root):
     """`seqzoo train` and `seqzoo bench lra` exit with code 2 and the message; no run
     folder and no data appear."""
