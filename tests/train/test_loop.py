@@ -188,15 +188,24 @@ def test_unpadded_drops_lengths_only_when_no_row_is_padded():
     assert unpadded(x, None) is None
 
 
-@pytest.mark.parametrize("layer", ["mamba", "s4d", "attention"])
+@pytest.mark.parametrize("layer", seqzoo.list_layers())
 def test_full_lengths_and_no_lengths_give_the_same_output(layer):
-    """What unpadded relies on: with every row full, masking changes nothing (bit for bit)."""
+    """What unpadded relies on, for every registered layer in training mode: with every row
+    full, masking changes nothing, neither the output nor what the call updates (e.g.
+    Transformer-VQ's codebook statistics), bit for bit."""
+    import copy
+
     torch.manual_seed(0)
     model = seqzoo.build_model(layer, d_model=16, n_layers=2, vocab_size=7, head="lm")
+    twin = copy.deepcopy(model)
     x = torch.randint(0, 7, (3, 10))
+    torch.manual_seed(1)
     with_lengths, _ = model(x, lengths=torch.full((3,), 10))
-    without, _ = model(x)
+    torch.manual_seed(1)
+    without, _ = twin(x)
     assert torch.equal(with_lengths, without)
+    after, twin_after = model.state_dict(), twin.state_dict()
+    assert all(torch.equal(after[k], twin_after[k]) for k in after)
 
 
 def test_aux_loss_is_collected_once():
