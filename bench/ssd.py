@@ -1,5 +1,5 @@
-"""SSD (Mamba-2) benchmark: the chunked PyTorch path against the loop reference, and
-against an earlier version of itself from git.
+"""SSD (Mamba-2) benchmark: the chunked PyTorch path against SSD as the compiled selective
+scan (on a CPU), the loop reference, and an earlier version of itself from git.
 
     python -m bench.ssd [--batch 2 --length 1024 --heads 8 --head-dim 32 --state 64 --chunk 64]
     python -m bench.ssd --against 58f9005     # also time ssd_chunked as it was at that commit
@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from bench.common import median_times, table
-from seqzoo.ops.ssd import ref, ssd_chunked
+from seqzoo import _ext
+from seqzoo.ops.ssd import ref, ssd_chunked, ssd_scan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     Bm, Cm = (torch.randn(B, L, G, N, generator=g).to(dev, dtype) for _ in range(2))
 
     fns = {"chunked": ssd_chunked}
+    if dev == "cpu" and _ext.has_kernel("selective_scan", "cpu"):
+        fns["scan"] = ssd_scan
     if args.against:
         fns[f"chunked @ {args.against}"] = _chunked_at(args.against)
     if L <= 512:

@@ -12,10 +12,10 @@
 // (B, G, L, Np) (n contiguous, N padded to a multiple of the vector width). The decays use
 // vmath::exp2 (exp(dt A) = 2^(dt A log2 e)), vectorised. Step sizes, gates and their
 // derivatives are computed in short vectorised passes over blocks of `chunk` steps.
-//   forward:  a task owns 8 (float) / 4 (double) channels of one group and puts one channel
-//             in each vector lane, so the time loop has no horizontal sums;
-//   backward: a task owns a block of channels and walks them one at a time, vectorised over
-//             the N-vector state (its sums over n are short reductions).
+// Both directions put 8 (float) / 4 (double) channels of one group side by side, one in each
+// vector lane, so the time loops have no horizontal sums: the forward's task owns one such
+// lane block; the backward's task walks a run of them and keeps dB_t, dC_t (sums over the
+// channels) per lane until it sums the lanes once at the end.
 // Tasks are claimed dynamically by the threads (dynamic_parallel.h).
 //
 // Backward: the state's gradient runs backwards in time,
@@ -70,6 +70,24 @@ inline int64_t rows_grain(int64_t L, int64_t Np) {
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// f(std::true_type{}) or f(std::false_type{}): a run-time flag as a template parameter.
+template <typename F>
+void dispatch_bool(bool flag, F&& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+// Is every row of A (D, N) one value repeated? Then exp(dt A_dn) is the same for every n
+// (Mamba-2's SSD: A is a scalar per head) and the kernels compute it once per step and
+// channel instead of N times: the same numbers, N - 1 fewer exponentials.
+inline bool rows_constant(const at::Tensor& A) {
+  const auto Ac = A.contiguous();
+  return at::equal(Ac, Ac.narrow(1, 0, 1).expand_as(Ac).contiguous());
+}
+
 template <typename T>
 struct ScanArgs {
   const T* u;      // (B, D, L)
@@ -82,6 +100,7 @@ struct ScanArgs {
   const T* bias;   // (D,) or null
   int64_t batch, dim, len, nstate, npad, groups, chunk;
   bool softplus;
+  bool scalar_A;  // every row of A is one value repeated (Mamba-2's SSD): one decay per step
 
   int64_t group_of(int64_t d) const { return d / (dim / groups); }
   const T* B_row(int64_t b, int64_t d) const { return Bt + (b * groups + group_of(d)) * len * npad; }
@@ -118,7 +137,7 @@ inline void step_sizes(const T* delta, T bias, bool softplus, int64_t n, T* dt, 
 // of the time loop is a whole-vector one (no horizontal sums; B_t[n], C_t[n] broadcast).
 // Lanes past the end of the group are padding with Δ = 0, u = 0: they stay 0.
 // kNp: the padded state size when it is a compile-time constant, else 0 (then a.npad).
-template <typename T, int64_t kNp>
+template <typename T, int64_t kNp, bool kScalarA>
 void forward_kernel(const ScanArgs<T>& a, const T* h0, T* out, T* last, T* ckpt) {
   constexpr int64_t W = kLanes<T>;
   const int64_t L = a.len, N = a.nstate, Np = kNp > 0 ? kNp : a.npad, K = a.chunk;
@@ -174,8 +193,10 @@ void forward_kernel(const ScanArgs<T>& a, const T* h0, T* out, T* last, T* ckpt)
           for (int64_t j = 0; j < W; ++j) {
             const T dtj = dt[j], dtu = dtj * ut[j];
             T acc = Dv[j] * ut[j];
+            const T d0j = kScalarA ? vmath::exp2(dtj * Av[j]) : T(0);  // one decay for every n
             for (int64_t n = 0; n < Np; ++n) {
-              const T hn = vmath::exp2(dtj * Av[n * W + j]) * h[n * W + j] + dtu * Bt[n];  // eq. (2a)
+              const T dn = kScalarA ? d0j : vmath::exp2(dtj * Av[n * W + j]);
+              const T hn = dn * h[n * W + j] + dtu * Bt[n];  // eq. (2a)
               h[n * W + j] = hn;
               acc += Ct[n] * hn;  // eq. (2b)
             }
@@ -201,9 +222,9 @@ void forward_kernel(const ScanArgs<T>& a, const T* h0, T* out, T* last, T* ckpt)
 }
 
 // Gradient buffers. dB and dC are sums over the channels of a group, which different tasks
-// own, so each task (b, g, block of channels) accumulates into its own (L, Np) slice of
-// dB_part / dC_part (B, G, nblk, L, Np), summed over blocks afterwards. dA, dD and dbias
-// are sums over the batch: per-row partials (B, D, ...) summed afterwards.
+// own, so each task (b, g, part: a run of lane blocks) accumulates into its own (L, Np)
+// slice of dB_part / dC_part (B, G, nparts, L, Np), summed over parts afterwards. dA, dD
+// and dbias are sums over the batch: per-row partials (B, D, ...) summed afterwards.
 template <typename T>
 struct GradOut {
   T* du;          // (B, D, L)
@@ -213,133 +234,198 @@ struct GradOut {
   T* dD_part;     // (B, D)
   T* dbias_part;  // (B, D)
   T* dh0;         // (B, D, N)
-  T* dB_part;     // (B, G, nblk, L, Np)
-  T* dC_part;     // (B, G, nblk, L, Np)
+  T* dB_part;     // (B, G, nparts, L, Np)
+  T* dC_part;     // (B, G, nparts, L, Np)
 };
 
-template <typename T, int64_t kNp>
+// Backward, in the forward's layout: W = kLanes channels of one group side by side in the
+// vector lanes, so the time loops are whole-vector operations and the sums over n (for dΔ
+// and du) are per-lane accumulators, not horizontal sums. dB_t and dC_t, sums over the
+// channels, are accumulated per lane in an (L, Np, W) buffer while the task walks its run
+// of lane blocks, and the lanes are summed once at the end. Padding lanes have Δ = u = 0,
+// A = 0 and dy = 0: every gradient they touch stays 0.
+template <typename T, int64_t kNp, bool kScalarA>
 void backward_kernel(const ScanArgs<T>& a, const T* dout, const T* dlast, const T* ckpt,
-                     int64_t nblk, const GradOut<T>& g_out) {
+                     int64_t nparts, const GradOut<T>& g_out) {
+  constexpr int64_t W = kLanes<T>;
   const int64_t L = a.len, N = a.nstate, Np = kNp > 0 ? kNp : a.npad, K = a.chunk;
   const int64_t nc = a.n_chunks();
-  const int64_t per_group = a.dim / a.groups;
-  const int64_t blk_size = (per_group + nblk - 1) / nblk;
-  parallel_jobs(a.batch * a.groups * nblk, 1, [&](auto next_job) {
-    // per-task buffers: states and decays of one chunk, per-step scalars, state gradient
-    constexpr int64_t kFixed = kNp > 0 ? kNp : 1;
-    alignas(64) T g_fixed[kFixed], dA_fixed[kFixed], A_fixed[kFixed], A2_fixed[kFixed];
-    alignas(64) T hc_fixed[kFixed];
-    std::vector<T> dyn(kNp > 0 ? 0 : 5 * Np);
-    T* g = kNp > 0 ? g_fixed : dyn.data();
-    T* dA = kNp > 0 ? dA_fixed : dyn.data() + Np;
-    T* Ad = kNp > 0 ? A_fixed : dyn.data() + 2 * Np;
-    T* A2 = kNp > 0 ? A2_fixed : dyn.data() + 3 * Np;  // A log2(e): exp(dt A) = 2^(dt A2)
-    T* hc = kNp > 0 ? hc_fixed : dyn.data() + 4 * Np;
-    std::vector<T> hs_buf(K * Np), dec_buf(K * Np);
-    std::vector<T> dt(K), dsp(K), yv(K), dy(K), ddt(K);
-    T* hs = hs_buf.data();
-    T* dec = dec_buf.data();
-    for (int64_t job; (job = next_job()) >= 0;) {  // job = (b * G + grp) * nblk + blk
-      const int64_t blk = job % nblk, bg = job / nblk;
+  const int64_t per_group = a.dim / a.groups, blocks = (per_group + W - 1) / W;
+  const int64_t span = (blocks + nparts - 1) / nparts;  // lane blocks per task
+  parallel_jobs(a.batch * a.groups * nparts, 1, [&](auto next_job) {
+    // [n][lane]: state gradient, dA, A, A log2(e), the checkpointed state before the chunk
+    std::vector<T> gT(Np * W), dAT(Np * W), AT(Np * W), A2T(Np * W), hcT(Np * W);
+    std::vector<T> hs(K * Np * W), dec(K * Np * W);  // [i][n][lane]: the chunk's states, decays
+    // [i][lane]: the chunk's step sizes, softplus', inputs, y, dy, du, dΔ
+    std::vector<T> dtT(K * W), dspT(K * W), uT(K * W), yT(K * W), dyT(K * W), duT(K * W), ddT(K * W);
+    std::vector<T> dBacc(L * Np * W), dCacc(L * Np * W);  // [t][n][lane]
+    std::vector<T> tmp(K), tmp2(K);
+    for (int64_t job; (job = next_job()) >= 0;) {  // job = (b * G + grp) * nparts + part
+      const int64_t part = job % nparts, bg = job / nparts;
       const int64_t b = bg / a.groups, grp = bg % a.groups;
-      const int64_t d_lo = grp * per_group + blk * blk_size;
-      const int64_t d_hi = std::min(grp * per_group + per_group, d_lo + blk_size);
-      T* dBp = g_out.dB_part + job * L * Np;
-      T* dCp = g_out.dC_part + job * L * Np;
-      for (int64_t d = d_lo; d < d_hi; ++d) {
-        const int64_t row = b * a.dim + d;
-        const T* u = a.u + row * L;
-        const T* delta = a.delta + row * L;
-        const T* z = a.z ? a.z + row * L : nullptr;
-        const T* go = dout + row * L;
-        const T* Bv = a.B_row(b, d);
-        const T* Cv = a.C_row(b, d);
-        const T bias = a.bias ? a.bias[d] : T(0);
-        const T Dd = a.Dskip ? a.Dskip[d] : T(0);
-        load_padded(Ad, a.A + d * N, N, Np);
-        for (int64_t n = 0; n < Np; ++n) A2[n] = Ad[n] * T(vmath::kLog2e);
-        load_padded(g, dlast ? dlast + row * N : nullptr, N, Np);
-        std::fill(dA, dA + Np, T(0));
-        T dD = T(0), dbias = T(0);
+      const int64_t blk_lo = part * span, blk_hi = std::min(blocks, blk_lo + span);
+      const T* Bv = a.Bt + bg * L * Np;  // (L, Np), shared by the group's channels
+      const T* Cv = a.Ct + bg * L * Np;
+      std::fill(dBacc.begin(), dBacc.end(), T(0));
+      std::fill(dCacc.begin(), dCacc.end(), T(0));
+      for (int64_t blk = blk_lo; blk < blk_hi; ++blk) {
+        const int64_t d0 = grp * per_group + blk * W;
+        const int64_t lanes = std::min(W, per_group - blk * W);
+        T Dv[W] = {}, dDv[W] = {}, dbv[W] = {};
+        for (int64_t n = 0; n < Np; ++n) {
+          for (int64_t j = 0; j < W; ++j) {
+            const bool real = j < lanes && n < N;
+            const T A = real ? a.A[(d0 + j) * N + n] : T(0);
+            AT[n * W + j] = A;
+            A2T[n * W + j] = A * T(vmath::kLog2e);  // exp(dt A) = 2^(dt A log2 e)
+            gT[n * W + j] = (real && dlast) ? dlast[(b * a.dim + d0 + j) * N + n] : T(0);
+            dAT[n * W + j] = T(0);
+          }
+        }
+        for (int64_t j = 0; j < lanes; ++j) Dv[j] = a.Dskip ? a.Dskip[d0 + j] : T(0);
 
         for (int64_t c = nc - 1; c >= 0; --c) {
           const int64_t t0 = c * K, nt = std::min(K, L - t0);
-          load_padded(hc, ckpt + (row * nc + c) * N, N, Np);  // h_{t0 - 1}
-          step_sizes(delta + t0, bias, a.softplus, nt, dt.data(), dsp.data());
+          // the chunk's Δ, softplus', u and the state before it, transposed to lanes
+          std::fill(dtT.begin(), dtT.end(), T(0));
+          std::fill(dspT.begin(), dspT.end(), T(0));
+          std::fill(uT.begin(), uT.end(), T(0));
+          std::fill(dyT.begin(), dyT.end(), T(0));
+          std::fill(hcT.begin(), hcT.end(), T(0));
+          for (int64_t j = 0; j < lanes; ++j) {
+            const int64_t row = b * a.dim + d0 + j;
+            step_sizes(a.delta + row * L + t0, a.bias ? a.bias[d0 + j] : T(0), a.softplus, nt,
+                       tmp.data(), tmp2.data());
+            for (int64_t i = 0; i < nt; ++i) {
+              dtT[i * W + j] = tmp[i];
+              dspT[i * W + j] = tmp2[i];
+              uT[i * W + j] = a.u[row * L + t0 + i];
+            }
+            for (int64_t n = 0; n < N; ++n) hcT[n * W + j] = ckpt[(row * nc + c) * N + n];
+          }
 
           // 1. recompute the chunk's decays exp(dt A), states h_t and pre-gate outputs y_t
-          const T* hprev = hc;
           for (int64_t i = 0; i < nt; ++i) {
-            const int64_t t = t0 + i;
-            const T dti = dt[i], dtu = dti * u[t];
-            const T* Bt = Bv + t * Np;
-            const T* Ct = Cv + t * Np;
-            T* di = dec + i * Np;
-            T* hi = hs + i * Np;
-            T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-            for (int64_t n = 0; n < Np; ++n) {
-              di[n] = vmath::exp2(dti * A2[n]);
-              hi[n] = di[n] * hprev[n] + dtu * Bt[n];
-              acc += Ct[n] * hi[n];
-            }
-            yv[i] = acc + Dd * u[t];
-            hprev = hi;
-          }
-
-          // 2. through the gate: dy = dout silu(z), dz = dout y silu'(z)
-          if (z) {
-            T* dz = g_out.dz + row * L + t0;
+            const T* Bt = Bv + (t0 + i) * Np;
+            const T* Ct = Cv + (t0 + i) * Np;
+            const T* hp = i > 0 ? hs.data() + (i - 1) * Np * W : hcT.data();
+            T* hi = hs.data() + i * Np * W;
+            T* di = dec.data() + i * Np * W;
+            const T* dt = dtT.data() + i * W;
+            const T* ut = uT.data() + i * W;
+            const T* A2 = A2T.data();
+            alignas(64) T d0[W];  // with kScalarA: the one decay of each lane
+            if constexpr (kScalarA) {
 #pragma omp simd
-            for (int64_t i = 0; i < nt; ++i) {
-              const T zi = z[t0 + i], s = vmath::sigmoid(zi), gi = go[t0 + i];
-              dy[i] = gi * zi * s;
-              dz[i] = gi * yv[i] * s * (T(1) + zi * (T(1) - s));
+              for (int64_t j = 0; j < W; ++j) d0[j] = vmath::exp2(dt[j] * A2[j]);
             }
-          } else {
-            std::copy(go + t0, go + t0 + nt, dy.data());
+#pragma omp simd
+            for (int64_t j = 0; j < W; ++j) {
+              const T dtj = dt[j], dtu = dtj * ut[j];
+              T acc = Dv[j] * ut[j];
+              for (int64_t n = 0; n < Np; ++n) {
+                const T dn = kScalarA ? d0[j] : vmath::exp2(dtj * A2[n * W + j]);
+                const T hn = dn * hp[n * W + j] + dtu * Bt[n];  // eq. (2a)
+                di[n * W + j] = dn;
+                hi[n * W + j] = hn;
+                acc += Ct[n] * hn;  // eq. (2b)
+              }
+              yT[i * W + j] = acc;
+            }
           }
 
-          // 3. the chunk in reverse
+          // 2. through the gate, per row: dy = dout silu(z), dz = dout y silu'(z)
+          for (int64_t j = 0; j < lanes; ++j) {
+            const int64_t row = b * a.dim + d0 + j;
+            const T* go = dout + row * L + t0;
+            if (a.z) {
+              const T* z = a.z + row * L + t0;
+              T* dz = g_out.dz + row * L + t0;
+              for (int64_t i = 0; i < nt; ++i) {
+                const T zi = z[i], s = vmath::sigmoid(zi);
+                dyT[i * W + j] = go[i] * zi * s;
+                dz[i] = go[i] * yT[i * W + j] * s * (T(1) + zi * (T(1) - s));
+              }
+            } else {
+              for (int64_t i = 0; i < nt; ++i) dyT[i * W + j] = go[i];
+            }
+          }
+
+          // 3. the chunk in reverse: g_t = dL/dh_t, carried back through the decay
           for (int64_t i = nt - 1; i >= 0; --i) {
             const int64_t t = t0 + i;
-            const T dyi = dy[i], ut = u[t], dti = dt[i], dtu = dti * ut;
             const T* Bt = Bv + t * Np;
             const T* Ct = Cv + t * Np;
-            const T* di = dec + i * Np;
-            const T* hi = hs + i * Np;
-            const T* hp = i > 0 ? hs + (i - 1) * Np : hc;
-            T* dBt = dBp + t * Np;
-            T* dCt = dCp + t * Np;
-            T s_ddt = T(0), s_gB = T(0);
-#pragma omp simd reduction(+ : s_ddt, s_gB)
-            for (int64_t n = 0; n < Np; ++n) {
-              const T gn = g[n] + dyi * Ct[n];  // dL/dh_t
-              dCt[n] += dyi * hi[n];
-              const T ahp = di[n] * hp[n];  // exp(dt A) h_{t-1}
-              s_ddt += gn * (Ad[n] * ahp + Bt[n] * ut);
-              dA[n] += dti * gn * ahp;
-              dBt[n] += gn * dtu;
-              s_gB += gn * Bt[n];
-              g[n] = gn * di[n];  // carried to h_{t-1}
+            const T* di = dec.data() + i * Np * W;
+            const T* hi = hs.data() + i * Np * W;
+            const T* hp = i > 0 ? hs.data() + (i - 1) * Np * W : hcT.data();
+            T* dBt = dBacc.data() + t * Np * W;
+            T* dCt = dCacc.data() + t * Np * W;
+            T* g = gT.data();
+            T* dA = dAT.data();
+            const T* A = AT.data();
+            const T* dt = dtT.data() + i * W;
+            const T* ut = uT.data() + i * W;
+            const T* dy = dyT.data() + i * W;
+            const T* dsp = dspT.data() + i * W;
+            T* du = duT.data() + i * W;
+            T* dd = ddT.data() + i * W;
+#pragma omp simd
+            for (int64_t j = 0; j < W; ++j) {
+              const T dyj = dy[j], uj = ut[j], dtj = dt[j], dtu = dtj * uj;
+              T s_ddt = T(0), s_gB = T(0);
+              for (int64_t n = 0; n < Np; ++n) {
+                const T gn = g[n * W + j] + dyj * Ct[n];
+                dCt[n * W + j] += dyj * hi[n * W + j];
+                const T ahp = di[n * W + j] * hp[n * W + j];  // exp(dt A) h_{t-1}
+                s_ddt += gn * (A[n * W + j] * ahp + Bt[n] * uj);
+                dA[n * W + j] += dtj * gn * ahp;
+                dBt[n * W + j] += gn * dtu;
+                s_gB += gn * Bt[n];
+                g[n * W + j] = gn * di[n * W + j];  // carried to h_{t-1}
+              }
+              du[j] = dyj * Dv[j] + dtj * s_gB;
+              dd[j] = s_ddt * dsp[j];  // through softplus to delta
+              dDv[j] += dyj * uj;
             }
-            g_out.du[row * L + t] = dyi * Dd + dti * s_gB;
-            ddt[i] = s_ddt;
-            dD += dyi * ut;
           }
 
-          // 4. through softplus to delta (and its bias)
-          T* dd = g_out.ddelta + row * L + t0;
-#pragma omp simd reduction(+ : dbias)
-          for (int64_t i = 0; i < nt; ++i) {
-            dd[i] = ddt[i] * dsp[i];
-            dbias += dd[i];
+          // 4. back to rows
+          for (int64_t j = 0; j < lanes; ++j) {
+            const int64_t row = b * a.dim + d0 + j;
+            T* du = g_out.du + row * L + t0;
+            T* dd = g_out.ddelta + row * L + t0;
+            T acc = T(0);
+            for (int64_t i = 0; i < nt; ++i) {
+              du[i] = duT[i * W + j];
+              dd[i] = ddT[i * W + j];
+              acc += dd[i];
+            }
+            dbv[j] += acc;
           }
         }
-        std::copy(g, g + N, g_out.dh0 + row * N);
-        std::copy(dA, dA + N, g_out.dA_part + row * N);
-        g_out.dD_part[row] = dD;
-        g_out.dbias_part[row] = dbias;
+        for (int64_t j = 0; j < lanes; ++j) {
+          const int64_t row = b * a.dim + d0 + j;
+          for (int64_t n = 0; n < N; ++n) {
+            g_out.dh0[row * N + n] = gT[n * W + j];
+            g_out.dA_part[row * N + n] = dAT[n * W + j];
+          }
+          g_out.dD_part[row] = dDv[j];
+          g_out.dbias_part[row] = dbv[j];
+        }
+      }
+      // the lanes' dB, dC summed into this task's slice
+      T* dBp = g_out.dB_part + job * L * Np;
+      T* dCp = g_out.dC_part + job * L * Np;
+      for (int64_t k = 0; k < L * Np; ++k) {
+        T sb = T(0), sc = T(0);
+#pragma omp simd reduction(+ : sb, sc)
+        for (int64_t j = 0; j < W; ++j) {
+          sb += dBacc[k * W + j];
+          sc += dCacc[k * W + j];
+        }
+        dBp[k] = sb;
+        dCp[k] = sc;
       }
     }
   });
@@ -356,8 +442,6 @@ const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-// Blocks of channels per (batch, group) in the backward: enough tasks for every thread,
-// few enough that the per-block dB/dC partial sums stay small.
 // (B, G, N, L) -> (B, G, L, Np), zero-padded in the last dim.
 at::Tensor transpose_padded(const at::Tensor& m, int64_t Np) {
   auto out = at::zeros({m.size(0), m.size(1), m.size(3), Np}, m.options());
@@ -365,10 +449,12 @@ at::Tensor transpose_padded(const at::Tensor& m, int64_t Np) {
   return out;
 }
 
-int64_t backward_blocks(int64_t batch, int64_t groups, int64_t per_group) {
+// Parts (runs of lane blocks) per (batch, group) in the backward: enough tasks for every
+// thread, few enough that the per-part dB/dC partial sums stay small.
+int64_t backward_parts(int64_t batch, int64_t groups, int64_t lane_blocks) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t want = (4 * threads + batch * groups - 1) / (batch * groups);
-  return std::max<int64_t>(1, std::min<int64_t>({want, per_group, 8}));
+  return std::max<int64_t>(1, std::min<int64_t>({want, lane_blocks, 8}));
 }
 
 }  // namespace
@@ -461,11 +547,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_fwd_cpu(
                                   A.data_ptr<scalar_t>(),  Bt.data_ptr<scalar_t>(),
                                   Ct.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(Dskip),
                                   ptr_or_null<scalar_t>(z), ptr_or_null<scalar_t>(bias),
-                                  Bsz, D, L, N, Np, G, K, delta_softplus};
+                                  Bsz, D, L, N, Np, G, K, delta_softplus,
+                                  rows_constant(A)};
     dispatch_state_size(Np, [&](auto np) {
-      forward_kernel<scalar_t, decltype(np)::value>(
-          args, ptr_or_null<scalar_t>(h0), out.data_ptr<scalar_t>(), last.data_ptr<scalar_t>(),
-          nc > 0 ? ckpt.data_ptr<scalar_t>() : nullptr);
+      dispatch_bool(args.scalar_A, [&](auto scalar_a) {
+        forward_kernel<scalar_t, decltype(np)::value, decltype(scalar_a)::value>(
+            args, ptr_or_null<scalar_t>(h0), out.data_ptr<scalar_t>(), last.data_ptr<scalar_t>(),
+            nc > 0 ? ckpt.data_ptr<scalar_t>() : nullptr);
+      });
     });
   });
   return {out, last, ckpt};
@@ -506,7 +595,6 @@ selective_scan_bwd_cpu(const at::Tensor& dout_, const c10::optional<at::Tensor>&
   auto dh0 = present(dlast_) ? dlast_->to(u_.scalar_type()).clone(at::MemoryFormat::Contiguous)
                              : at::zeros({Bsz, D, N}, opts);
   const int64_t per_group = D / G;
-  const int64_t nblk = backward_blocks(Bsz, G, per_group);
   auto dA_part = at::zeros({Bsz, D, N}, opts);
   auto dD_part = at::zeros({Bsz, D}, opts);
   auto dbias_part = at::zeros({Bsz, D}, opts);
@@ -514,8 +602,9 @@ selective_scan_bwd_cpu(const at::Tensor& dout_, const c10::optional<at::Tensor>&
 
   AT_DISPATCH_FLOATING_TYPES(u_.scalar_type(), "selective_scan_bwd_cpu", [&] {
     const int64_t Np = round_up(N, kLanes<scalar_t>);
-    auto dB_part = at::zeros({Bsz, G, nblk, L, Np}, opts);
-    auto dC_part = at::zeros({Bsz, G, nblk, L, Np}, opts);
+    const int64_t nparts = backward_parts(Bsz, G, (per_group + kLanes<scalar_t> - 1) / kLanes<scalar_t>);
+    auto dB_part = at::zeros({Bsz, G, nparts, L, Np}, opts);
+    auto dC_part = at::zeros({Bsz, G, nparts, L, Np}, opts);
     if (L > 0 && Bsz > 0 && D > 0) {
       const auto u = u_.contiguous(), delta = delta_.contiguous(), A = A_.contiguous();
       const auto Bt = transpose_padded(B_, Np);  // (B, G, L, Np)
@@ -529,16 +618,19 @@ selective_scan_bwd_cpu(const at::Tensor& dout_, const c10::optional<at::Tensor>&
                                     A.data_ptr<scalar_t>(),  Bt.data_ptr<scalar_t>(),
                                     Ct.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(Dskip),
                                     ptr_or_null<scalar_t>(z), ptr_or_null<scalar_t>(bias),
-                                    Bsz, D, L, N, Np, G, K, delta_softplus};
+                                    Bsz, D, L, N, Np, G, K, delta_softplus,
+                                  rows_constant(A)};
       const GradOut<scalar_t> grads{du.data_ptr<scalar_t>(),      ddelta.data_ptr<scalar_t>(),
                                     dz.numel() ? dz.data_ptr<scalar_t>() : nullptr,
                                     dA_part.data_ptr<scalar_t>(), dD_part.data_ptr<scalar_t>(),
                                     dbias_part.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(),
                                     dB_part.data_ptr<scalar_t>(), dC_part.data_ptr<scalar_t>()};
       dispatch_state_size(Np, [&](auto np) {
-        backward_kernel<scalar_t, decltype(np)::value>(args, dout.data_ptr<scalar_t>(),
-                                                       ptr_or_null<scalar_t>(dlast),
-                                                       ckpt.data_ptr<scalar_t>(), nblk, grads);
+        dispatch_bool(args.scalar_A, [&](auto scalar_a) {
+          backward_kernel<scalar_t, decltype(np)::value, decltype(scalar_a)::value>(
+              args, dout.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dlast),
+              ckpt.data_ptr<scalar_t>(), nparts, grads);
+        });
       });
     }
     // partial sums -> gradients; dB, dC back to the (B, G, N, L) layout of the inputs

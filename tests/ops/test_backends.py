@@ -121,8 +121,8 @@ def _ssd_inputs():
 
 
 def _own(op: str) -> str:
-    if op == "ssd":
-        return "chunked"
+    if op == "ssd":  # SSD as the compiled selective scan, else the chunked algorithm
+        return "scan" if _ext.has_kernel("selective_scan", "cpu") else "chunked"
     return "cpp" if _ext.has_kernel(op, "cpu") else "ref"
 
 

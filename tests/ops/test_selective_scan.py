@@ -87,6 +87,23 @@ def test_matches_reference_fwd_bwd(groups, with_D, with_z, with_bias, softplus, 
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("groups, D", [(None, 6), (2, 20), (None, 9)])
+def test_rows_of_A_one_value(groups, D, device):
+    """A (D, N) whose rows repeat one value (SSD's scalar decay per head: the CPU kernel then
+    computes one exponential per step and channel): forward, final state and every gradient,
+    including dA per entry. D = 20 in 2 groups and D = 9 leave partly filled lane blocks."""
+    fn = _compiled(device)
+    t = _inputs(groups=groups, D=D, N=7, L=70, device=device)
+    with torch.no_grad():
+        t["A"].copy_(t["A"][:, :1].expand_as(t["A"]))
+    out, final, grads = _run(fn, t, True)
+    out_r, final_r, grads_r = _run(ref.selective_scan, t, True)
+    assert rel_err(out, out_r) < 1e-12 and rel_err(final, final_r) < 1e-12
+    for name, got, want in zip([k for k, v in t.items() if v is not None], grads, grads_r):
+        assert rel_err(got, want) < 1e-11, f"d{name}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("L, N, chunk", [(1, 5, 64), (150, 19, 64), (40, 8, 7), (13, 1, 4), (64, 16, 64)])
 def test_lengths_state_sizes_and_checkpoint_chunks(monkeypatch, L, N, chunk, device):
     """L = 1, L spanning several checkpoint chunks (also not a multiple of it), N not a

@@ -1,16 +1,24 @@
-"""The chunked SSD algorithm (Mamba-2) against its loop reference (seqzoo/ops/ssd/ref.py).
+"""The chunked SSD algorithm (Mamba-2) and SSD as a compiled selective scan against the loop
+reference (seqzoo/ops/ssd/ref.py).
 
-Pure PyTorch: the comparisons run on every device in ``tests.helpers.DEVICES`` (on CUDA
-with the ``cuda`` marker, skipped without a GPU)."""
+The chunked algorithm is pure PyTorch: its comparisons run on every device in
+``tests.helpers.DEVICES`` (on CUDA with the ``cuda`` marker, skipped without a GPU); the scan
+backend is the CPU kernel of the extension."""
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
 
+from seqzoo import _ext
 from seqzoo.ops import _dispatch, ssd
-from seqzoo.ops.ssd import ref, ssd_chunked
+from seqzoo.ops.ssd import ref, ssd_chunked, ssd_scan
 from tests.helpers import DEVICES, rel_err
+
+ssd_mod = importlib.import_module("seqzoo.ops.ssd")  # the module (seqzoo.ops.ssd is also the function)
+needs_scan = pytest.mark.skipif(not _ext.has_kernel("selective_scan", "cpu"), reason="no compiled CPU selective scan")
 
 
 def _inputs(B=2, L=29, H=4, P=3, G=2, N=5, dtype=torch.float64, seed=0, requires_grad=True, device="cpu"):
@@ -61,9 +69,51 @@ def test_groups_and_no_initial_state(G, device):
     assert rel_err(y, y_r) < 1e-12
 
 
-def test_auto_backend_on_cpu_is_chunked(monkeypatch):
+@needs_scan
+@pytest.mark.parametrize("G", [1, 2])
+@pytest.mark.parametrize("shape", [dict(L=29, H=4, P=3, N=5), dict(L=70, H=2, P=9, N=16), dict(L=1, H=4, P=8, N=3)])
+def test_scan_equals_recurrence(G, shape):
+    """Output, final state and every gradient (x, Δ, A, B, C, initial state) in float64;
+    P = 9 leaves a partly filled vector of channels, N = 16 is Mamba-2's preset size."""
+    t = _inputs(G=G, **shape)
+    y, S, g = _run(ssd_scan, t, 64)
+    y_r, S_r, g_r = _run(ref.ssd, t, 64)
+    assert rel_err(y, y_r) < 1e-12 and rel_err(S, S_r) < 1e-12
+    for name, a, b in zip(t, g, g_r):
+        assert rel_err(a, b) < 1e-11, f"d{name}"
+
+
+@needs_scan
+def test_scan_without_initial_state_and_float32():
+    """float32 (8 channels per vector, the kernels' float paths), forward and gradients
+    against the float64 reference."""
+    t = _inputs(L=200, N=16, dtype=torch.float32)
+    args = [t[k] for k in ("x", "dt", "A", "B", "C")]
+    y32 = ssd(*args, backend="scan")
+    assert y32.dtype == torch.float32
+    args64 = [a.detach().double().requires_grad_() for a in args]
+    y64 = ref.ssd(*args64)
+    assert rel_err(y32.double(), y64) < 1e-5
+    gy = torch.randn(y64.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    g32 = torch.autograd.grad((y32 * gy.float()).sum(), args)
+    g64 = torch.autograd.grad((y64 * gy).sum(), args64)
+    for name, a, b in zip(("x", "dt", "A", "B", "C"), g32, g64):
+        assert rel_err(a.double(), b) < 1e-4, f"d{name}"
+
+
+def test_auto_backend_on_cpu(monkeypatch):
+    """auto: the scan up to SCAN_MAX_STATE (where it is the faster one), the chunked
+    algorithm above it or without the compiled extension."""
     monkeypatch.delenv("SEQZOO_BACKEND", raising=False)
-    assert _dispatch.select("ssd", "auto", "cpu") == "chunked"
+    want = "scan" if _ext.has_kernel("selective_scan", "cpu") else "chunked"
+    assert _dispatch.select("ssd", "auto", "cpu") == want
+    calls = []
+    monkeypatch.setattr(ssd_mod, "ssd_scan", lambda *a: calls.append("scan") or ref.ssd(*a))
+    monkeypatch.setattr(ssd_mod, "ssd_chunked", lambda *a: calls.append("chunked") or ref.ssd(*a))
+    for N in (ssd_mod.SCAN_MAX_STATE, ssd_mod.SCAN_MAX_STATE + 1):
+        t = _inputs(N=N, requires_grad=False)
+        ssd(*(t[k] for k in ("x", "dt", "A", "B", "C")))
+    assert calls == ([want, "chunked"])
 
 
 @pytest.mark.parametrize("device", DEVICES)

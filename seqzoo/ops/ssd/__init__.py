@@ -12,9 +12,11 @@ chunks of Q steps and cumulative log-decays s_i = Σ_{k<=i} Δ_k A inside a chun
 L is padded up to a multiple of Q with Δ = 0 (decay 1, no input), which changes neither
 the outputs nor the final state, so any ``chunk_size`` gives the same result.
 
-Backends: "chunked" (the algorithm above in PyTorch, CPU or GPU; what ``auto`` uses),
-"mamba_ssm" (``mamba_chunk_scan_combined``, preferred by ``auto`` on a GPU when it
-imports), "ref" (the loop).
+Backends: "chunked" (the algorithm above in PyTorch, CPU or GPU), "scan" (the recurrence
+as seqzoo's compiled CPU selective scan, :func:`ssd_scan`: what ``auto`` uses on a CPU for
+d_state up to ``SCAN_MAX_STATE``, the chunked algorithm above it), "mamba_ssm"
+(``mamba_chunk_scan_combined``, preferred by ``auto`` on a GPU when it imports), "ref"
+(the loop).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from seqzoo import _ext
 from seqzoo.ops import _dispatch
 from seqzoo.ops._checks import check_real_tensors
 from seqzoo.ops.diag_scan import diag_scan
-from seqzoo.ops.selective_scan import MAMBA_SSM_INSTALL
+from seqzoo.ops.selective_scan import MAMBA_SSM_INSTALL, selective_scan
 from seqzoo.ops.ssd import ref
 
-__all__ = ["ssd", "ssd_chunked"]
+__all__ = ["ssd", "ssd_chunked", "ssd_scan"]
 
 
 def _load_mamba_ssm():
@@ -59,6 +62,23 @@ _dispatch.register_extra_backend(
     package="mamba_ssm", install=MAMBA_SSM_INSTALL, dtypes=(torch.float32, torch.float16, torch.bfloat16),
 )
 _dispatch.register_extra_backend("ssd", "chunked", ("cpu", "cuda"), lambda: ssd_chunked)
+
+
+def _load_scan():
+    if not _ext.has_kernel("selective_scan", "cpu"):
+        raise ImportError("the compiled extension with the CPU selective scan is not available")
+    return ssd_scan
+
+
+_dispatch.register_extra_backend("ssd", "scan", ("cpu",), _load_scan, preferred=True)
+
+# d_state up to which ``auto`` runs SSD as a selective scan on a CPU: the scan's work grows
+# with H P N L, the chunked algorithm's mostly with its (Q x Q) blocks. Measured in one
+# process on the 2-core VM, one thread, forward + backward, batch 32, L 256, E = H P = 128
+# (python -m bench.ssd --batch 32 --length 256 --heads 4 --head-dim 32 --state N, and an
+# interleaved A/B): N 16 scan 16-31 ms vs chunked 40-52 ms; N 32 41-71 vs 42-60; N 64 66-117
+# vs 60-92 (its forward alone 2x slower).
+SCAN_MAX_STATE = 16
 
 
 def ssd_chunked(
@@ -123,6 +143,38 @@ def ssd_chunked(
     return y, rearrange(S_last, "b g r p n -> b (g r) p n")
 
 
+def ssd_scan(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int = 64,
+    initial_state: Tensor | None = None,
+    return_final_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """SSD as a selective scan (:func:`~seqzoo.ops.selective_scan`, the compiled CPU kernel);
+    shapes as :func:`ssd`, ``chunk_size`` unused.
+
+    Row p of head h's state is the N-vector state of one selective-scan channel (h, p):
+    ``S_t[p] = exp(Δ_t A_h) S_{t-1}[p] + Δ_t x_t[p] B_t`` and ``y_t[p] = <C_t, S_t[p]>`` are
+    eq. (2a)-(2b) of Mamba with the channel's Δ = the head's, A_dn = A_h for every n (the
+    kernel then computes one decay per step instead of N) and B, C shared by the group's
+    channels. Nothing of size (B, L, H, P, N) is stored; gradients reach Δ and A through the
+    expansions (sums over p and n).
+    """
+    Bsz, L, H, P = x.shape
+    N = B.shape[-1]
+    u = rearrange(x, "b l h p -> b (h p) l")
+    delta = rearrange(dt[..., None].expand(Bsz, L, H, P), "b l h p -> b (h p) l")
+    A_ = A.repeat_interleave(P)[:, None].expand(H * P, N)
+    Bm, Cm = (rearrange(t, "b l g n -> b g n l") for t in (B, C))
+    h0 = None if initial_state is None else initial_state.reshape(Bsz, H * P, N)
+    y, last = selective_scan(u, delta, A_, Bm, Cm, initial_state=h0, return_final_state=True, backend="cpp")
+    y = rearrange(y, "b (h p) l -> b l h p", p=P)
+    return (y, last.reshape(Bsz, H, P, N)) if return_final_state else y
+
+
 def _check(x, dt, A, B, C, chunk_size, initial_state) -> None:
     check_real_tensors("ssd", dict(x=x, dt=dt, A=A, B=B, C=C, initial_state=initial_state))
     if x.dim() != 4:
@@ -165,15 +217,19 @@ def ssd(
         A: (H,) one scalar per head.  B, C: (B, L, G, N), G dividing H.
         chunk_size: Q of the chunked algorithm (any value gives the same result).
         initial_state: (B, H, P, N).  return_final_state: also return the last state.
-        backend: "auto" | "ref" | "chunked" | "mamba_ssm".
+        backend: "auto" | "ref" | "chunked" | "scan" | "mamba_ssm".
 
     Returns:
         y (B, L, H, P) in x's dtype [, final state (B, H, P, N) in the compute dtype].
     """
     _check(x, dt, A, B, C, chunk_size, initial_state)
     choice = _dispatch.select("ssd", backend, x.device, x.dtype)
+    if choice == "scan" and backend == "auto" and B.shape[-1] > SCAN_MAX_STATE:
+        choice = "chunked"
     if choice == "ref":
         return ref.ssd(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
+    if choice == "scan":
+        return ssd_scan(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
     if choice == "mamba_ssm":
         return _dispatch.extra_kernel("ssd", "mamba_ssm", x.device)(
             x, dt, A.float(), B, C, chunk_size, initial_states=initial_state, return_final_states=return_final_state
