@@ -88,15 +88,31 @@ inline bool rows_constant(const at::Tensor& A) {
   return at::equal(Ac, Ac.narrow(1, 0, 1).expand_as(Ac).contiguous());
 }
 
+// A (B, D, L) tensor read or written through its strides: rows (b, d) may be contiguous
+// or, for a transposed view of a (B, L, D) tensor (Mamba's projections), channels may be.
+template <typename T>
+struct Strided {
+  T* p = nullptr;
+  int64_t sb = 0, sd = 0, sl = 0;
+  T* row(int64_t b, int64_t d) const { return p + b * sb + d * sd; }
+  explicit operator bool() const { return p != nullptr; }
+};
+
+template <typename T>
+Strided<T> strided(const at::Tensor& t) {
+  if (!t.defined() || t.numel() == 0) return {};
+  return {t.data_ptr<std::remove_const_t<T>>(), t.stride(0), t.stride(1), t.stride(2)};
+}
+
 template <typename T>
 struct ScanArgs {
-  const T* u;      // (B, D, L)
-  const T* delta;  // (B, D, L)
+  Strided<const T> u;      // (B, D, L)
+  Strided<const T> delta;  // (B, D, L)
   const T* A;      // (D, N)
   const T* Bt;     // (B, G, L, Np)  B transposed so that n is contiguous, zero-padded to Np
   const T* Ct;     // (B, G, L, Np)
   const T* Dskip;  // (D,) or null
-  const T* z;      // (B, D, L) or null
+  Strided<const T> z;  // (B, D, L) or empty
   const T* bias;   // (D,) or null
   int64_t batch, dim, len, nstate, npad, groups, chunk;
   bool softplus;
@@ -138,14 +154,14 @@ inline void step_sizes(const T* delta, T bias, bool softplus, int64_t n, T* dt, 
 // Lanes past the end of the group are padding with Δ = 0, u = 0: they stay 0.
 // kNp: the padded state size when it is a compile-time constant, else 0 (then a.npad).
 template <typename T, int64_t kNp, bool kScalarA>
-void forward_kernel(const ScanArgs<T>& a, const T* h0, T* out, T* last, T* ckpt) {
+void forward_kernel(const ScanArgs<T>& a, const T* h0, const Strided<T>& out, T* last, T* ckpt) {
   constexpr int64_t W = kLanes<T>;
   const int64_t L = a.len, N = a.nstate, Np = kNp > 0 ? kNp : a.npad, K = a.chunk;
   const int64_t nc = a.n_chunks();
   const int64_t per_group = a.dim / a.groups, blocks = (per_group + W - 1) / W;
   const int64_t grain = std::max<int64_t>(1, rows_grain(L, Np) / W);
   parallel_jobs(a.batch * a.groups * blocks, grain, [&](auto next_job) {
-    std::vector<T> hT(Np * W), AT(Np * W), dtT(K * W), uT(K * W), yT(K * W), tmp(K);
+    std::vector<T> hT(Np * W), AT(Np * W), dtT(K * W), uT(K * W), yT(K * W), tmp(K), row_in(K);
     for (int64_t job; (job = next_job()) >= 0;) {  // job = (b * G + grp) * blocks + blk
       const int64_t blk = job % blocks, bg = job / blocks, b = bg / a.groups;
       const int64_t d0 = (bg % a.groups) * per_group + blk * W;
@@ -170,11 +186,14 @@ void forward_kernel(const ScanArgs<T>& a, const T* h0, T* out, T* last, T* ckpt)
         std::fill(uT.begin(), uT.end(), T(0));
         for (int64_t j = 0; j < lanes; ++j) {
           const int64_t row = b * a.dim + d0 + j;
-          step_sizes(a.delta + row * L + t0, a.bias ? a.bias[d0 + j] : T(0), a.softplus, nt,
-                     tmp.data(), static_cast<T*>(nullptr));
+          const T* dl = a.delta.row(b, d0 + j) + t0 * a.delta.sl;
+          const T* ur = a.u.row(b, d0 + j) + t0 * a.u.sl;
+          for (int64_t i = 0; i < nt; ++i) row_in[i] = dl[i * a.delta.sl];
+          step_sizes(row_in.data(), a.bias ? a.bias[d0 + j] : T(0), a.softplus, nt, tmp.data(),
+                     static_cast<T*>(nullptr));
           for (int64_t i = 0; i < nt; ++i) {
             dtT[i * W + j] = tmp[i];
-            uT[i * W + j] = a.u[row * L + t0 + i];
+            uT[i * W + j] = ur[i * a.u.sl];
           }
           if (ckpt) {
             for (int64_t n = 0; n < N; ++n) ckpt[(row * nc + c) * N + n] = hT[n * W + j];
@@ -204,14 +223,17 @@ void forward_kernel(const ScanArgs<T>& a, const T* h0, T* out, T* last, T* ckpt)
           }
         }
         for (int64_t j = 0; j < lanes; ++j) {  // back to rows; out = y * silu(z)
-          const int64_t row = b * a.dim + d0 + j;
-          T* y = out + row * L + t0;
-          for (int64_t i = 0; i < nt; ++i) y[i] = yT[i * W + j];
+          for (int64_t i = 0; i < nt; ++i) tmp[i] = yT[i * W + j];
           if (a.z) {
-            const T* z = a.z + row * L + t0;
+            const T* zr = a.z.row(b, d0 + j) + t0 * a.z.sl;
+            for (int64_t i = 0; i < nt; ++i) row_in[i] = zr[i * a.z.sl];
+            const T* z = row_in.data();
+            T* y = tmp.data();
 #pragma omp simd
             for (int64_t i = 0; i < nt; ++i) y[i] *= z[i] * vmath::sigmoid(z[i]);
           }
+          T* y = out.row(b, d0 + j) + t0 * out.sl;
+          for (int64_t i = 0; i < nt; ++i) y[i * out.sl] = tmp[i];
         }
       }
       for (int64_t j = 0; j < lanes; ++j) {
@@ -227,9 +249,9 @@ void forward_kernel(const ScanArgs<T>& a, const T* h0, T* out, T* last, T* ckpt)
 // and dbias are sums over the batch: per-row partials (B, D, ...) summed afterwards.
 template <typename T>
 struct GradOut {
-  T* du;          // (B, D, L)
-  T* ddelta;      // (B, D, L)
-  T* dz;          // (B, D, L) or null
+  Strided<T> du;      // (B, D, L)
+  Strided<T> ddelta;  // (B, D, L)
+  Strided<T> dz;      // (B, D, L) or empty
   T* dA_part;     // (B, D, N)
   T* dD_part;     // (B, D)
   T* dbias_part;  // (B, D)
@@ -245,7 +267,7 @@ struct GradOut {
 // of lane blocks, and the lanes are summed once at the end. Padding lanes have Δ = u = 0,
 // A = 0 and dy = 0: every gradient they touch stays 0.
 template <typename T, int64_t kNp, bool kScalarA>
-void backward_kernel(const ScanArgs<T>& a, const T* dout, const T* dlast, const T* ckpt,
+void backward_kernel(const ScanArgs<T>& a, const Strided<const T>& dout, const T* dlast, const T* ckpt,
                      int64_t nparts, const GradOut<T>& g_out) {
   constexpr int64_t W = kLanes<T>;
   const int64_t L = a.len, N = a.nstate, Np = kNp > 0 ? kNp : a.npad, K = a.chunk;
@@ -259,7 +281,7 @@ void backward_kernel(const ScanArgs<T>& a, const T* dout, const T* dlast, const 
     // [i][lane]: the chunk's step sizes, softplus', inputs, y, dy, du, dΔ
     std::vector<T> dtT(K * W), dspT(K * W), uT(K * W), yT(K * W), dyT(K * W), duT(K * W), ddT(K * W);
     std::vector<T> dBacc(L * Np * W), dCacc(L * Np * W);  // [t][n][lane]
-    std::vector<T> tmp(K), tmp2(K);
+    std::vector<T> tmp(K), tmp2(K), row_in(K), row_z(K);
     for (int64_t job; (job = next_job()) >= 0;) {  // job = (b * G + grp) * nparts + part
       const int64_t part = job % nparts, bg = job / nparts;
       const int64_t b = bg / a.groups, grp = bg % a.groups;
@@ -294,12 +316,15 @@ void backward_kernel(const ScanArgs<T>& a, const T* dout, const T* dlast, const 
           std::fill(hcT.begin(), hcT.end(), T(0));
           for (int64_t j = 0; j < lanes; ++j) {
             const int64_t row = b * a.dim + d0 + j;
-            step_sizes(a.delta + row * L + t0, a.bias ? a.bias[d0 + j] : T(0), a.softplus, nt,
-                       tmp.data(), tmp2.data());
+            const T* dl = a.delta.row(b, d0 + j) + t0 * a.delta.sl;
+            const T* ur = a.u.row(b, d0 + j) + t0 * a.u.sl;
+            for (int64_t i = 0; i < nt; ++i) row_in[i] = dl[i * a.delta.sl];
+            step_sizes(row_in.data(), a.bias ? a.bias[d0 + j] : T(0), a.softplus, nt, tmp.data(),
+                       tmp2.data());
             for (int64_t i = 0; i < nt; ++i) {
               dtT[i * W + j] = tmp[i];
               dspT[i * W + j] = tmp2[i];
-              uT[i * W + j] = a.u[row * L + t0 + i];
+              uT[i * W + j] = ur[i * a.u.sl];
             }
             for (int64_t n = 0; n < N; ++n) hcT[n * W + j] = ckpt[(row * nc + c) * N + n];
           }
@@ -336,18 +361,30 @@ void backward_kernel(const ScanArgs<T>& a, const T* dout, const T* dlast, const 
 
           // 2. through the gate, per row: dy = dout silu(z), dz = dout y silu'(z)
           for (int64_t j = 0; j < lanes; ++j) {
-            const int64_t row = b * a.dim + d0 + j;
-            const T* go = dout + row * L + t0;
+            const T* gor = dout.row(b, d0 + j) + t0 * dout.sl;
+            for (int64_t i = 0; i < nt; ++i) row_in[i] = gor[i * dout.sl];
             if (a.z) {
-              const T* z = a.z + row * L + t0;
-              T* dz = g_out.dz + row * L + t0;
+              const T* zr = a.z.row(b, d0 + j) + t0 * a.z.sl;
+              for (int64_t i = 0; i < nt; ++i) {
+                row_z[i] = zr[i * a.z.sl];
+                tmp[i] = yT[i * W + j];
+              }
+              const T *go = row_in.data(), *z = row_z.data(), *y = tmp.data();
+              T* dy = tmp2.data();
+              T* dzv = row_z.data();  // overwritten in place by dz
+#pragma omp simd
               for (int64_t i = 0; i < nt; ++i) {
                 const T zi = z[i], s = vmath::sigmoid(zi);
-                dyT[i * W + j] = go[i] * zi * s;
-                dz[i] = go[i] * yT[i * W + j] * s * (T(1) + zi * (T(1) - s));
+                dy[i] = go[i] * zi * s;
+                dzv[i] = go[i] * y[i] * s * (T(1) + zi * (T(1) - s));
+              }
+              T* dz = g_out.dz.row(b, d0 + j) + t0 * g_out.dz.sl;
+              for (int64_t i = 0; i < nt; ++i) {
+                dyT[i * W + j] = dy[i];
+                dz[i * g_out.dz.sl] = dzv[i];
               }
             } else {
-              for (int64_t i = 0; i < nt; ++i) dyT[i * W + j] = go[i];
+              for (int64_t i = 0; i < nt; ++i) dyT[i * W + j] = row_in[i];
             }
           }
 
@@ -392,14 +429,13 @@ void backward_kernel(const ScanArgs<T>& a, const T* dout, const T* dlast, const 
 
           // 4. back to rows
           for (int64_t j = 0; j < lanes; ++j) {
-            const int64_t row = b * a.dim + d0 + j;
-            T* du = g_out.du + row * L + t0;
-            T* dd = g_out.ddelta + row * L + t0;
+            T* du = g_out.du.row(b, d0 + j) + t0 * g_out.du.sl;
+            T* dd = g_out.ddelta.row(b, d0 + j) + t0 * g_out.ddelta.sl;
             T acc = T(0);
             for (int64_t i = 0; i < nt; ++i) {
-              du[i] = duT[i * W + j];
-              dd[i] = ddT[i * W + j];
-              acc += dd[i];
+              du[i * g_out.du.sl] = duT[i * W + j];
+              dd[i * g_out.ddelta.sl] = ddT[i * W + j];
+              acc += ddT[i * W + j];
             }
             dbv[j] += acc;
           }
@@ -440,6 +476,17 @@ at::Tensor contiguous_or_empty(const c10::optional<at::Tensor>& t) {
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// Is a (B, D, L) tensor stored with its channels contiguous (a transposed view of a (B, L, D)
+// tensor)? The outputs are allocated in the layout of an input (seqzoo/ops/selective_scan
+// /_op.py's fake kernels apply the same rule), so Mamba's (B, L, E) projections are read and
+// written without a transposed copy on either side of the scan.
+bool channel_last(const at::Tensor& t) { return t.stride(1) == 1 && t.stride(2) != 1; }
+
+at::Tensor empty_in_layout_of(const at::Tensor& like, int64_t B, int64_t D, int64_t L,
+                              const at::TensorOptions& opts) {
+  return channel_last(like) ? at::empty({B, L, D}, opts).transpose(1, 2) : at::empty({B, D, L}, opts);
 }
 
 // (B, G, N, L) -> (B, G, L, Np), zero-padded in the last dim.
@@ -530,29 +577,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_fwd_cpu(
   const int64_t G = B_.size(1);
   const int64_t K = chunk > 0 ? chunk : kDefaultBlock;
   const int64_t nc = chunk > 0 ? (L + K - 1) / K : 0;
-  auto out = at::empty({Bsz, D, L}, u_.options());
+  auto out = empty_in_layout_of(present(z_) ? *z_ : u_, Bsz, D, L, u_.options());  // out follows z, else u
   auto last = present(h0_) ? h0_->clone(at::MemoryFormat::Contiguous)
                            : at::zeros({Bsz, D, N}, u_.options());
   auto ckpt = at::empty({Bsz, D, nc, N}, u_.options());
   if (L == 0 || Bsz == 0 || D == 0) return {out, last, ckpt};
 
-  const auto u = u_.contiguous(), delta = delta_.contiguous(), A = A_.contiguous();
-  const auto Dskip = contiguous_or_empty(D_), z = contiguous_or_empty(z_);
+  const auto A = A_.contiguous();  // u, delta, z: read through their strides
+  const auto Dskip = contiguous_or_empty(D_);
+  const auto z = present(z_) ? *z_ : at::Tensor();
   const auto bias = contiguous_or_empty(bias_), h0 = contiguous_or_empty(h0_);
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_fwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(u_.scalar_type(), "selective_scan_fwd_cpu", [&] {
     const int64_t Np = round_up(N, kLanes<scalar_t>);
     const auto Bt = transpose_padded(B_, Np);  // (B, G, L, Np)
     const auto Ct = transpose_padded(C_, Np);
-    const ScanArgs<scalar_t> args{u.data_ptr<scalar_t>(),  delta.data_ptr<scalar_t>(),
+    const ScanArgs<scalar_t> args{strided<const scalar_t>(u_),  strided<const scalar_t>(delta_),
                                   A.data_ptr<scalar_t>(),  Bt.data_ptr<scalar_t>(),
                                   Ct.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(Dskip),
-                                  ptr_or_null<scalar_t>(z), ptr_or_null<scalar_t>(bias),
+                                  strided<const scalar_t>(z), ptr_or_null<scalar_t>(bias),
                                   Bsz, D, L, N, Np, G, K, delta_softplus,
                                   rows_constant(A)};
     dispatch_state_size(Np, [&](auto np) {
       dispatch_bool(args.scalar_A, [&](auto scalar_a) {
         forward_kernel<scalar_t, decltype(np)::value, decltype(scalar_a)::value>(
-            args, ptr_or_null<scalar_t>(h0), out.data_ptr<scalar_t>(), last.data_ptr<scalar_t>(),
+            args, ptr_or_null<scalar_t>(h0), strided<scalar_t>(out), last.data_ptr<scalar_t>(),
             nc > 0 ? ckpt.data_ptr<scalar_t>() : nullptr);
       });
     });
@@ -589,9 +637,10 @@ selective_scan_bwd_cpu(const at::Tensor& dout_, const c10::optional<at::Tensor>&
                 dlast_->sizes());
   }
   const auto opts = u_.options();
-  auto du = at::empty({Bsz, D, L}, opts);  // every entry is written by the kernel
-  auto ddelta = at::empty({Bsz, D, L}, opts);
-  auto dz = present(z_) ? at::empty({Bsz, D, L}, opts) : at::empty({0}, opts);
+  // every entry is written by the kernel; each gradient in its input's layout
+  auto du = empty_in_layout_of(u_, Bsz, D, L, opts);
+  auto ddelta = empty_in_layout_of(delta_, Bsz, D, L, opts);
+  auto dz = present(z_) ? empty_in_layout_of(*z_, Bsz, D, L, opts) : at::empty({0}, opts);
   auto dh0 = present(dlast_) ? dlast_->to(u_.scalar_type()).clone(at::MemoryFormat::Contiguous)
                              : at::zeros({Bsz, D, N}, opts);
   const int64_t per_group = D / G;
@@ -606,29 +655,30 @@ selective_scan_bwd_cpu(const at::Tensor& dout_, const c10::optional<at::Tensor>&
     auto dB_part = at::zeros({Bsz, G, nparts, L, Np}, opts);
     auto dC_part = at::zeros({Bsz, G, nparts, L, Np}, opts);
     if (L > 0 && Bsz > 0 && D > 0) {
-      const auto u = u_.contiguous(), delta = delta_.contiguous(), A = A_.contiguous();
+      const auto A = A_.contiguous();  // u, delta, z, dout: read through their strides
       const auto Bt = transpose_padded(B_, Np);  // (B, G, L, Np)
       const auto Ct = transpose_padded(C_, Np);
-      const auto Dskip = contiguous_or_empty(D_), z = contiguous_or_empty(z_);
+      const auto Dskip = contiguous_or_empty(D_);
+      const auto z = present(z_) ? *z_ : at::Tensor();
       const auto bias = contiguous_or_empty(bias_);
-      const auto dout = dout_.to(u.scalar_type()).contiguous();
+      const auto dout = dout_.to(u_.scalar_type());
       const auto ckpt = ckpt_.contiguous();
-      const auto dlast = present(dlast_) ? dlast_->to(u.scalar_type()).contiguous() : at::Tensor();
-      const ScanArgs<scalar_t> args{u.data_ptr<scalar_t>(),  delta.data_ptr<scalar_t>(),
+      const auto dlast = present(dlast_) ? dlast_->to(u_.scalar_type()).contiguous() : at::Tensor();
+      const ScanArgs<scalar_t> args{strided<const scalar_t>(u_),  strided<const scalar_t>(delta_),
                                     A.data_ptr<scalar_t>(),  Bt.data_ptr<scalar_t>(),
                                     Ct.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(Dskip),
-                                    ptr_or_null<scalar_t>(z), ptr_or_null<scalar_t>(bias),
+                                    strided<const scalar_t>(z), ptr_or_null<scalar_t>(bias),
                                     Bsz, D, L, N, Np, G, K, delta_softplus,
-                                  rows_constant(A)};
-      const GradOut<scalar_t> grads{du.data_ptr<scalar_t>(),      ddelta.data_ptr<scalar_t>(),
-                                    dz.numel() ? dz.data_ptr<scalar_t>() : nullptr,
+                                    rows_constant(A)};
+      const GradOut<scalar_t> grads{strided<scalar_t>(du),        strided<scalar_t>(ddelta),
+                                    strided<scalar_t>(dz),
                                     dA_part.data_ptr<scalar_t>(), dD_part.data_ptr<scalar_t>(),
                                     dbias_part.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(),
                                     dB_part.data_ptr<scalar_t>(), dC_part.data_ptr<scalar_t>()};
       dispatch_state_size(Np, [&](auto np) {
         dispatch_bool(args.scalar_A, [&](auto scalar_a) {
           backward_kernel<scalar_t, decltype(np)::value, decltype(scalar_a)::value>(
-              args, dout.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dlast),
+              args, strided<const scalar_t>(dout), ptr_or_null<scalar_t>(dlast),
               ckpt.data_ptr<scalar_t>(), nparts, grads);
         });
       });

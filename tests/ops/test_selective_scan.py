@@ -163,6 +163,38 @@ def test_noncontiguous_inputs(device):
     assert rel_err(out, out_r) < 1e-12 and rel_err(final, final_r) < 1e-12
 
 
+def _mamba_layout(t):
+    """The views a Mamba layer passes: u rows contiguous (the conv's output), delta a
+    transposed (B, L, D) tensor, z a transposed half of a (B, L, 2D) projection (stride 2D)."""
+    Bsz, D, L = t["u"].shape
+    with torch.no_grad():
+        delta = t["delta"].transpose(1, 2).contiguous().transpose(1, 2)
+        xz = torch.cat([t["z"].transpose(1, 2), t["z"].transpose(1, 2)], dim=-1)  # (B, L, 2D)
+        z = xz[..., D:].transpose(1, 2)
+    assert delta.stride(1) == 1 and z.stride(1) == 1 and z.stride(2) == 2 * D
+    return dict(t, delta=delta.requires_grad_(), z=z.requires_grad_())
+
+
+@needs_ext
+@pytest.mark.parametrize("D", [8, 11])
+def test_channel_last_views_without_copies(D):
+    """Read through the strides (no copy), out in z's layout and each gradient in its input's
+    layout, forward, final state and gradients equal to the reference in float64."""
+    t = _mamba_layout(_inputs(Bsz=2, D=D, L=70, N=5))
+    out, final, grads = _run(_compiled("cpu"), t, True)
+    out_r, final_r, grads_r = _run(ref.selective_scan, t, True)
+    assert out.stride(1) == 1 and out.stride(2) == D  # channels contiguous, as z
+    assert rel_err(out, out_r) < 1e-12 and rel_err(final, final_r) < 1e-12
+    for name, got, want in zip([k for k, v in t.items() if v is not None], grads, grads_r):
+        assert rel_err(got, want) < 1e-11, f"d{name}"
+    u, delta, A, B, C, Dk, z, bias, h0 = (t[k].detach() for k in NAMES)
+    o, last, ckpt = torch.ops.seqzoo.selective_scan(u, delta, A, B.unsqueeze(1), C.unsqueeze(1), Dk, z, bias, h0, True, 64)
+    dout = torch.randn(2, 70, D, dtype=torch.float64).transpose(1, 2)
+    du, ddelta, *_, dz, _, _ = torch.ops.seqzoo.selective_scan_backward(
+        dout, None, u, delta, A, B.unsqueeze(1), C.unsqueeze(1), Dk, z, bias, ckpt, True, 64)
+    assert du.is_contiguous() and ddelta.stride(1) == 1 and dz.stride(1) == 1
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_float32_and_half_inputs(device):
     fn = _compiled(device)
@@ -233,12 +265,18 @@ def test_opcheck(device):
         (u.float(), delta.float(), A.float(), B[:, :1].float(), C[:, :1].float(), None, None, None, None, False, 64),
         (u, delta, A, B, C, D, z, bias, h0, True, 0),  # inference: no checkpoints
     ]
+    cl = _mamba_layout(_inputs(Bsz=2, D=4, L=11, N=3, groups=2, device=device))  # channel-last views
+    cases.append(tuple(v.detach() for v in cl.values()) + (True, 4))
     for args in cases:
         grad = args[-1] > 0
         args = tuple(a.clone().requires_grad_(grad) if isinstance(a, torch.Tensor) else a for a in args)
         torch.library.opcheck(torch.ops.seqzoo.selective_scan.default, args)
     out, last, ckpt = torch.ops.seqzoo.selective_scan(u, delta, A, B, C, D, z, bias, h0, True, 4)
     bwd_args = (torch.randn_like(out), torch.randn_like(last), u, delta, A, B, C, D, z, bias, ckpt, True, 4)
+    torch.library.opcheck(torch.ops.seqzoo.selective_scan_backward.default, bwd_args)
+    u, delta, A, B, C, D, z, bias, h0 = (v.detach() for v in cl.values())
+    out, last, ckpt = torch.ops.seqzoo.selective_scan(u, delta, A, B, C, D, z, bias, h0, True, 4)
+    bwd_args = (torch.randn_like(out), None, u, delta, A, B, C, D, z, bias, ckpt, True, 4)
     torch.library.opcheck(torch.ops.seqzoo.selective_scan_backward.default, bwd_args)
 
 

@@ -161,9 +161,11 @@ def selective_scan(
         if t is not None:
             dtype = torch.promote_types(dtype, t.dtype)
     u_, delta_, A_, B_, C_, D_, z_, bias_, h0_ = (None if t is None else t.to(dtype) for t in args)
-    # The kernels read (B, D, L) rows; Mamba passes transposed views of (B, L, D) tensors. One copy
-    # here, saved for the backward, instead of one in the forward kernel and another in the backward.
-    u_, delta_, z_ = (None if t is None else t.contiguous() for t in (u_, delta_, z_))
+    # The CPU kernels read u, delta, z through their strides (Mamba passes transposed views of
+    # its (B, L, E) projections) and write out in z's layout (_op.py); the CUDA kernels take
+    # contiguous rows.
+    if u.device.type != "cpu":
+        u_, delta_, z_ = (None if t is None else t.contiguous() for t in (u_, delta_, z_))
     if B_.dim() == 3:  # (B, N, L) -> one group
         B_, C_ = B_.unsqueeze(1), C_.unsqueeze(1)
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)

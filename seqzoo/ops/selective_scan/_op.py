@@ -5,13 +5,31 @@ module is imported only when the extension loaded.
 
 ``seqzoo::selective_scan`` returns (out, last_state, checkpoints): the checkpoints are
 the states at the start of every ``chunk`` steps, from which ``selective_scan_backward``
-recomputes the states it needs (nothing of size (B, D, L, N) is stored). Fake kernels
-return new contiguous tensors, as the real ones do, whatever the inputs' strides.
+recomputes the states it needs (nothing of size (B, D, L, N) is stored).
+
+Layouts: the CPU kernels read u, delta, z and the output's gradient through their strides
+and allocate each (B, D, L) output in the layout of an input: ``out`` as z (as u without
+z), du as u, ddelta as delta, dz as z, "channels contiguous" for a transposed view of a
+(B, L, D) tensor (stride 1 over D, not over L), rows contiguous otherwise. The CUDA
+kernels take and return contiguous tensors (the wrapper makes them so). The fake kernels
+below apply the same rule.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+def _channel_last(t) -> bool:
+    """The layout rule of csrc/selective_scan/selective_scan_cpu.cpp's ``channel_last``."""
+    return t.stride(1) == 1 and t.stride(2) != 1
+
+
+def _empty_like_layout(like, B, D, L):
+    """An empty (B, D, L) tensor in ``like``'s layout on a CPU, contiguous elsewhere."""
+    if like.device.type == "cpu" and _channel_last(like):
+        return like.new_empty(B, L, D).transpose(1, 2)
+    return like.new_empty(B, D, L)
 
 
 def _n_chunks(L, chunk: int):
@@ -24,17 +42,18 @@ def _selective_scan_fake(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus
     torch._check(A.dim() == 2 and B.dim() == 4 and C.dim() == 4, lambda: "selective_scan: bad A/B/C rank")
     Bsz, Dm, L = u.shape
     N = A.shape[1]
-    return u.new_empty(Bsz, Dm, L), u.new_empty(Bsz, Dm, N), u.new_empty(Bsz, Dm, _n_chunks(L, chunk), N)
+    out = _empty_like_layout(z if z is not None else u, Bsz, Dm, L)
+    return out, u.new_empty(Bsz, Dm, N), u.new_empty(Bsz, Dm, _n_chunks(L, chunk), N)
 
 
 @torch.library.register_fake("seqzoo::selective_scan_backward")
 def _selective_scan_backward_fake(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_softplus, chunk):
     Bsz, Dm, L = u.shape
     N = A.shape[1]
-    dz = u.new_empty(Bsz, Dm, L) if z is not None else u.new_empty(0)
+    dz = _empty_like_layout(z, Bsz, Dm, L) if z is not None else u.new_empty(0)
     return (
-        u.new_empty(Bsz, Dm, L),  # du
-        u.new_empty(Bsz, Dm, L),  # ddelta
+        _empty_like_layout(u, Bsz, Dm, L),  # du
+        _empty_like_layout(delta, Bsz, Dm, L),  # ddelta
         u.new_empty(A.shape),  # dA
         u.new_empty(B.shape),  # dB
         u.new_empty(C.shape),  # dC
