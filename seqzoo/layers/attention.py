@@ -64,13 +64,14 @@ class Attention(SequenceLayer):
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
 
     def _qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, L, D), positions (B, L) -> q, k, v (B, nh, L, hd)."""
-        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads)
-        if self.config.rope:
-            cos, sin = rope_cos_sin(positions, self.head_dim, self.config.rope_base, dtype=q.dtype)
-            cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, hd/2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return q, k, v
+        """x (B, L, D), positions (B, L), or (1, L) when every row has the same -> q, k, v
+        (B, nh, L, hd). q and k are rotated in one pass (a contiguous (2, B, nh, L, hd) result)."""
+        qkv = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads)
+        if not self.config.rope:
+            return qkv.unbind(0)
+        cos, sin = rope_cos_sin(positions, self.head_dim, self.config.rope_base, dtype=qkv.dtype)  # (B|1, L, hd/2)
+        q, k = apply_rope(qkv[:2], cos[None, :, None], sin[None, :, None]).unbind(0)
+        return q, k, qkv[2]
 
     def _attend(self, q, k, v, mask=None, causal=False):
         p = self.config.dropout if self.training else 0.0
@@ -79,8 +80,9 @@ class Attention(SequenceLayer):
 
     def _forward(self, x, state, lengths, return_state):
         B, L, _ = x.shape
-        n_past = state.valid.sum(-1) if state is not None else torch.zeros(B, dtype=torch.long, device=x.device)
-        positions = n_past[:, None] + torch.arange(L, device=x.device)  # (B, L)
+        positions = torch.arange(L, device=x.device)[None]  # (1, L): the same for every row
+        if state is not None:
+            positions = state.valid.sum(-1)[:, None] + positions  # (B, L)
         q, k, v = self._qkv(x, positions)
         new_valid = (
             torch.arange(L, device=x.device)[None, :] < lengths[:, None]

@@ -43,11 +43,11 @@ from seqzoo.tracing import is_tracing
 
 def rope_adjacent_pairs(x: Tensor, positions: Tensor, base: float) -> Tensor:
     """RoPE with RoFormer's own layout (eq. (34): features 2i and 2i+1 form a pair rotated by
-    m·θ_i), as one complex multiplication: x (B, L, G, s), positions (B, L). GAU's queries
+    m·θ_i), as one complex multiplication: x (B, L, G, s), positions (B or 1, L). GAU's queries
     and keys are internal, so it can use this layout, which is a single pass over x (the
     rotate-half layout of :mod:`seqzoo.modules.rope` takes several)."""
     B, L, G, s = x.shape
-    cos, sin = rope_cos_sin(positions, s, base, dtype=x.dtype)  # (B, L, s/2)
+    cos, sin = rope_cos_sin(positions, s, base, dtype=x.dtype)  # (B|1, L, s/2)
     xc = torch.view_as_complex(x.reshape(B, L, G, s // 2, 2))
     return torch.view_as_real(xc * torch.complex(cos, sin)[:, :, None]).reshape(B, L, G, s)
 
@@ -130,7 +130,9 @@ class GAU(SequenceLayer):
         fresh = state is None  # nothing buffered: no per-row splice
         if fresh:
             state = self._init_state(B, x.device, ssm_dtype(x))
-        positions = state.pos[:, None] + torch.arange(L, device=x.device)  # (B, L)
+        positions = torch.arange(L, device=x.device)[None]  # (1, L) when fresh: the same for every row
+        if not fresh:
+            positions = state.pos[:, None] + positions  # (B, L)
         u, v, q_quad, k_quad, q_lin, k_lin = self._streams(x, positions)
         n_real = torch.full_like(state.pos, L) if lengths is None else lengths
         if lengths is not None:  # padding must not reach the cross-chunk state

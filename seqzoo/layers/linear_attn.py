@@ -46,8 +46,8 @@ def retnet_gammas(n_heads: int) -> Tensor:
 
 
 def rotate(x: Tensor, positions: Tensor, base: float) -> Tensor:
-    """RoPE on features x (B, H, L, F) at integer positions (B, L)."""
-    cos, sin = rope_cos_sin(positions, x.shape[-1], base, dtype=x.dtype)  # (B, L, F/2)
+    """RoPE on features x (B, H, L, F) at integer positions (B, L) or (1, L)."""
+    cos, sin = rope_cos_sin(positions, x.shape[-1], base, dtype=x.dtype)  # (B|1, L, F/2)
     return apply_rope(x, cos[:, None], sin[:, None])
 
 
@@ -138,7 +138,7 @@ class LinearAttention(SequenceLayer):
         return torch.sigmoid(self.decay_logit.to(dtype))
 
     def features(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """x (B, L, D), positions (B, L) -> (numerator q, numerator k, denominator q,
+        """x (B, L, D), positions (B, L) or (1, L) -> (numerator q, numerator k, denominator q,
         denominator k, v), each (B, H, L, F) (v: (B, H, L, head_dim)), in ssm_dtype(x).
         Without RoPE the numerator and denominator features are the same tensors."""
         dtype = ssm_dtype(x)
@@ -154,8 +154,9 @@ class LinearAttention(SequenceLayer):
         """Both forms: ``form`` is the op's chunk or recurrent function. ``state`` None: start
         from zeros (and skip adding a zero initial state)."""
         B, L, _ = x.shape
-        pos0 = state.pos if state is not None else torch.zeros(B, dtype=torch.long, device=x.device)
-        positions = pos0[:, None] + torch.arange(L, device=x.device)  # (B, L)
+        positions = torch.arange(L, device=x.device)[None]  # (1, L): the same for every row
+        if state is not None:
+            positions = state.pos[:, None] + positions  # (B, L)
         nq, nk, dq, dk, v = self.features(x, positions)
         gamma = self._gamma(v.dtype)
         n_real = torch.full((B,), L, device=x.device, dtype=torch.long) if lengths is None else lengths
@@ -184,7 +185,8 @@ class LinearAttention(SequenceLayer):
             elif want_state and z is None:
                 z = v.new_zeros(B, self.n_heads, 0)
         y = self.out(rearrange(o, "b h l d -> b l (h d)").to(x.dtype))
-        return y, LinearAttnState(S, z, pos0 + n_real) if want_state else None
+        pos = n_real.long() if state is None else state.pos + n_real
+        return y, LinearAttnState(S, z, pos) if want_state else None
 
     # ---------------------------------------------------------------- forms
     def _forward(self, x, state, lengths, return_state):
