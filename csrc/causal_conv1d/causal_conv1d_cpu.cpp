@@ -6,9 +6,12 @@
 //   y_t = bias + sum_{k<W} weight_k xp_{t+k}     (xp_{t+W-1} = x_t: the tap k = W-1 is "now")
 //   out_t = silu(y_t) if requested ;   final_states = xp[L : L+W-1] (the last W-1 inputs)
 //
-// One task per (b, d) row: the row is copied once into a padded buffer, then every tap
+// One task per (b, d) row: the row is gathered once into a padded buffer, then every tap
 // is a contiguous multiply-add over t (vectorised). The backward is the transposed
 // convolution of dy plus per-row dot products for dweight, summed over the batch after.
+// x and dout are read through their strides, and out and dx are written in x's layout:
+// rows contiguous, or channels contiguous for a transposed view of a (B, L, D) tensor
+// (Mamba's projection), which then goes through without a transposed copy either way.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -28,9 +31,22 @@ inline int64_t rows_grain(int64_t L, int64_t W) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, (L + W) * W));
 }
 
+// A (B, D, L) tensor read or written through its strides.
+template <typename T>
+struct Rows {
+  T* p = nullptr;
+  int64_t sb = 0, sd = 0, sl = 0, dim = 1;
+  T* row(int64_t row) const { return p + (row / dim) * sb + (row % dim) * sd; }  // row = b * D + d
+};
+
+template <typename T>
+Rows<T> rows_of(const at::Tensor& t) {
+  return {t.data_ptr<std::remove_const_t<T>>(), t.stride(0), t.stride(1), t.stride(2), t.size(1)};
+}
+
 template <typename T>
 struct ConvArgs {
-  const T* x;        // (B, D, L)
+  Rows<const T> x;   // (B, D, L)
   const T* weight;   // (D, W)
   const T* bias;     // (D,) or null
   const T* initial;  // (B, D, W-1) or null
@@ -45,7 +61,8 @@ struct ConvArgs {
     } else {
       std::fill(xp, xp + P, T(0));
     }
-    std::copy(x + row * len, x + row * len + len, xp + P);
+    const T* xr = x.row(row);
+    for (int64_t t = 0; t < len; ++t) xp[P + t] = xr[t * x.sl];
   }
 
   // y[t] = bias + sum_k w_k xp[t+k], before the activation
@@ -63,34 +80,38 @@ struct ConvArgs {
 };
 
 template <typename T>
-void forward_kernel(const ConvArgs<T>& a, T* out, T* final_states) {
+void forward_kernel(const ConvArgs<T>& a, const Rows<T>& out, T* final_states) {
   const int64_t L = a.len, P = a.width - 1;
   parallel_jobs(a.batch * a.dim, rows_grain(L, a.width), [&](auto next_row) {
-    std::vector<T> xp(P + L);
+    std::vector<T> xp(P + L), yv(L);
     for (int64_t row; (row = next_row()) >= 0;) {  // row = b * D + d
       const int64_t d = row % a.dim;
       a.load_row(row, xp.data());
-      T* y = out + row * L;
+      T* y = yv.data();
       a.conv_row(d, xp.data(), y);
       if (a.silu) {
 #pragma omp simd
         for (int64_t t = 0; t < L; ++t) y[t] *= vmath::sigmoid(y[t]);
       }
+      T* o = out.row(row);
+      for (int64_t t = 0; t < L; ++t) o[t * out.sl] = y[t];
       std::copy(xp.data() + L, xp.data() + L + P, final_states + row * P);
     }
   });
 }
 
 template <typename T>
-void backward_kernel(const ConvArgs<T>& a, const T* dout, const T* dfinal, T* dx, T* dinitial,
-                     T* dw_part, T* db_part) {
+void backward_kernel(const ConvArgs<T>& a, const Rows<const T>& dout, const T* dfinal, const Rows<T>& dx,
+                     T* dinitial, T* dw_part, T* db_part) {
   const int64_t L = a.len, W = a.width, P = W - 1;
   parallel_jobs(a.batch * a.dim, rows_grain(L, a.width), [&](auto next_row) {
-    std::vector<T> xp(P + L), dxp(P + L), dy(L);
+    std::vector<T> xp(P + L), dxp(P + L), dy(L), gov(L);
     for (int64_t row; (row = next_row()) >= 0;) {
       const int64_t d = row % a.dim;
       const T* w = a.weight + d * W;
-      const T* go = dout + row * L;
+      const T* gor = dout.row(row);
+      for (int64_t t = 0; t < L; ++t) gov[t] = gor[t * dout.sl];
+      const T* go = gov.data();
       a.load_row(row, xp.data());
       if (a.silu) {  // dy = dout * silu'(y), y recomputed
         a.conv_row(d, xp.data(), dy.data());
@@ -124,12 +145,22 @@ void backward_kernel(const ConvArgs<T>& a, const T* dout, const T* dfinal, T* dx
       for (int64_t t = 0; t < L; ++t) db += dy[t];
       db_part[row] = db;
       std::copy(dxp.data(), dxp.data() + P, dinitial + row * P);
-      std::copy(dxp.data() + P, dxp.data() + P + L, dx + row * L);
+      T* dxr = dx.row(row);
+      for (int64_t t = 0; t < L; ++t) dxr[t * dx.sl] = dxp[P + t];
     }
   });
 }
 
 bool present(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// The layout rule of the outputs (the fake kernels in seqzoo/ops/causal_conv1d/_op.py apply
+// the same): channels contiguous when x's are (stride 1 over D, not over L), else rows.
+bool channel_last(const at::Tensor& t) { return t.stride(1) == 1 && t.stride(2) != 1; }
+
+at::Tensor empty_in_layout_of(const at::Tensor& x, const at::TensorOptions& opts) {
+  const int64_t B = x.size(0), D = x.size(1), L = x.size(2);
+  return channel_last(x) ? at::empty({B, L, D}, opts).transpose(1, 2) : at::empty({B, D, L}, opts);
+}
 
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
@@ -182,17 +213,18 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d_fwd_cpu(const at::Tensor& x_,
                                                          bool silu) {
   check_causal_conv1d_inputs(x_, weight_, bias_, init_, false);
   const int64_t B = x_.size(0), D = x_.size(1), L = x_.size(2), W = weight_.size(1);
-  auto out = at::empty({B, D, L}, x_.options());
+  auto out = empty_in_layout_of(x_, x_.options());
   auto final_states = at::empty({B, D, W - 1}, x_.options());
   if (B * D == 0) return {out, final_states};
-  const auto x = x_.contiguous(), weight = weight_.contiguous();
+  const auto& x = x_;  // read through its strides
+  const auto weight = weight_.contiguous();
   const auto bias = present(bias_) ? bias_->contiguous() : at::Tensor();
   const auto init = present(init_) ? init_->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv1d_fwd_cpu", [&] {
-    const ConvArgs<scalar_t> args{x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+    const ConvArgs<scalar_t> args{rows_of<const scalar_t>(x), weight.data_ptr<scalar_t>(),
                                   ptr_or_null<scalar_t>(bias), ptr_or_null<scalar_t>(init),
                                   B, D, L, W, silu};
-    forward_kernel<scalar_t>(args, out.data_ptr<scalar_t>(), final_states.data_ptr<scalar_t>());
+    forward_kernel<scalar_t>(args, rows_of<scalar_t>(out), final_states.data_ptr<scalar_t>());
   });
   return {out, final_states};
 }
@@ -212,23 +244,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd_cpu
                 dfinal_->sizes());
   }
   const auto opts = x_.options();
-  auto dx = at::empty({B, D, L}, opts);
+  auto dx = empty_in_layout_of(x_, opts);
   auto dinit = at::empty({B, D, W - 1}, opts);
   auto dw_part = at::zeros({B, D, W}, opts);
   auto db_part = at::zeros({B, D}, opts);
   if (B * D > 0) {
-    const auto x = x_.contiguous(), weight = weight_.contiguous();
+    const auto& x = x_;  // x and dout: read through their strides
+    const auto weight = weight_.contiguous();
     const auto bias = present(bias_) ? bias_->contiguous() : at::Tensor();
     const auto init = present(init_) ? init_->contiguous() : at::Tensor();
-    const auto dout = dout_.to(x.scalar_type()).contiguous();
+    const auto dout = dout_.to(x.scalar_type());
     const auto dfinal =
         present(dfinal_) ? dfinal_->to(x.scalar_type()).contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv1d_bwd_cpu", [&] {
-      const ConvArgs<scalar_t> args{x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+      const ConvArgs<scalar_t> args{rows_of<const scalar_t>(x), weight.data_ptr<scalar_t>(),
                                     ptr_or_null<scalar_t>(bias), ptr_or_null<scalar_t>(init),
                                     B, D, L, W, silu};
-      backward_kernel<scalar_t>(args, dout.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dfinal),
-                                dx.data_ptr<scalar_t>(), dinit.data_ptr<scalar_t>(),
+      backward_kernel<scalar_t>(args, rows_of<const scalar_t>(dout), ptr_or_null<scalar_t>(dfinal),
+                                rows_of<scalar_t>(dx), dinit.data_ptr<scalar_t>(),
                                 dw_part.data_ptr<scalar_t>(), db_part.data_ptr<scalar_t>());
     });
   }

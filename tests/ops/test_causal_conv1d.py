@@ -105,6 +105,40 @@ def test_float32_and_noncontiguous(device):
     assert rel_err(out.double(), ref.causal_conv1d(x, w, b, s, activation="silu")) < 1e-6
 
 
+def _projection_half(x):
+    """x (B, D, L) as Mamba passes it: the transposed first half of a (B, L, 2D) projection
+    (channels contiguous, stride 2D over L)."""
+    with torch.no_grad():
+        xz = torch.cat([x.transpose(1, 2), torch.zeros_like(x.transpose(1, 2))], dim=-1)
+    v = xz[..., : x.shape[1]].transpose(1, 2).requires_grad_(x.requires_grad)
+    assert v.stride(1) == 1 and v.stride(2) == 2 * x.shape[1]
+    return v
+
+
+def test_channel_last_input_without_copies():
+    """A channel-last x is read through its strides and out, dx come back channel-last
+    (Mamba's projections feed the conv and the conv's output feeds the next projection
+    without transposed copies); values, final states and gradients equal the reference in
+    float64, also with a channel-last gradient of out."""
+    backend = compiled_backend("causal_conv1d", "cpu")
+    x, w, b, s = _inputs(D=9, L=40)
+    xc = _projection_half(x)
+    out, final, grads = _run(lambda *a: causal_conv1d(*a, backend=backend), xc, w, b, s, "silu")
+    out_r, final_r, grads_r = _run(ref.causal_conv1d, x, w, b, s, "silu")
+    assert out.stride(1) == 1 and out.stride(2) == 9  # channels contiguous, as x
+    assert rel_err(out, out_r) < 1e-12 and rel_err(final, final_r) < 1e-12
+    for name, a, r in zip("xwbs", grads, grads_r):
+        assert rel_err(a, r) < 1e-12, f"d{name}"
+    xd, wd, bd, sd = (t.detach() for t in (xc, w, b, s))
+    dout = torch.randn(2, 40, 9, dtype=torch.float64).transpose(1, 2)
+    dx, dw, db, dinit = torch.ops.seqzoo.causal_conv1d_backward(dout, None, xd, wd, bd, sd, True)
+    dx_r, dw_r, db_r, dinit_r = torch.ops.seqzoo.causal_conv1d_backward(
+        dout.contiguous(), None, xd.contiguous(), wd, bd, sd, True)
+    assert dx.stride(1) == 1 and dx_r.is_contiguous()
+    for a, r in ((dx, dx_r), (dw, dw_r), (db, db_r), (dinit, dinit_r)):
+        assert rel_err(a, r) < 1e-14
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck_and_opcheck(device):
     backend = compiled_backend("causal_conv1d", device)
@@ -112,7 +146,7 @@ def test_gradcheck_and_opcheck(device):
     assert torch.autograd.gradcheck(
         lambda *a: causal_conv1d(*a, return_final_states=True, activation="silu", backend=backend), (x, w, b, s)
     )
-    for args in [(x, w, b, s, True), (x.float(), w.float(), None, None, False)]:
+    for args in [(x, w, b, s, True), (x.float(), w.float(), None, None, False), (_projection_half(x), w, b, s, True)]:
         args = tuple(a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
         torch.library.opcheck(torch.ops.seqzoo.causal_conv1d.default, args)
     xd, wd, bd, sd = (t.detach() for t in (x, w, b, s))
@@ -121,6 +155,9 @@ def test_gradcheck_and_opcheck(device):
         torch.ops.seqzoo.causal_conv1d_backward.default,
         (torch.randn_like(out), torch.randn_like(final), xd, wd, bd, sd, True),
     )
+    xcl = _projection_half(xd)  # channel-last x and gradient of out
+    torch.library.opcheck(torch.ops.seqzoo.causal_conv1d_backward.default,
+                          (torch.randn(1, 6, 3, dtype=xd.dtype).transpose(1, 2), None, xcl, wd, bd, sd, True))
 
 
 def test_bad_inputs():
