@@ -63,6 +63,9 @@ def test_papers_preset_composes():
     for c in by_task["selective_copy"]:
         assert c.config.task_options == {**c.config.task_options, "seq_len": 256, "n_tokens": 16, "vocab_size": 16}
         assert c.config.d_model == 64 and c.config.n_layers == 2 and c.config.mlp_ratio == 0
+        # the selective layers' recipe (lr 1e-2, Adam's beta2 0.95: robust over seeds); the others' defaults
+        want = (0.01, 0.95, 5000) if c.layer in ("mamba", "mamba2") else (0.003, 0.999, 3000)
+        assert (c.config.lr, c.config.beta2, c.config.steps) == want, c.layer
     # every expectation of the issue is in the spec
     assert spec["selective_copy"].expect["mamba"] == {"test": 0.97}
     assert spec["induction_heads"].expect["mamba"] == {"1x": 0.99, "16x": 0.95}
