@@ -147,6 +147,27 @@ inline void step_sizes(const T* delta, T bias, bool softplus, int64_t n, T* dt, 
   }
 }
 
+// The step sizes Δ_t (and, with `dspT`, d Δ_t / d delta_t) and the inputs u_t of steps
+// t0 .. t0+nt-1 of channels d0 .. d0+lanes-1 in batch row b, transposed to [t][lane] (the
+// lanes past `lanes` are left as they are: the callers zero them). `row`, `tmp`, `tmp2`:
+// scratch of nt values.
+template <typename T>
+void load_chunk_lanes(const ScanArgs<T>& a, int64_t b, int64_t d0, int64_t lanes, int64_t t0, int64_t nt,
+                      T* dtT, T* dspT, T* uT, T* row, T* tmp, T* tmp2) {
+  constexpr int64_t W = kLanes<T>;
+  for (int64_t j = 0; j < lanes; ++j) {
+    const T* dl = a.delta.row(b, d0 + j) + t0 * a.delta.sl;
+    const T* ur = a.u.row(b, d0 + j) + t0 * a.u.sl;
+    for (int64_t i = 0; i < nt; ++i) row[i] = dl[i * a.delta.sl];
+    step_sizes(row, a.bias ? a.bias[d0 + j] : T(0), a.softplus, nt, tmp, dspT ? tmp2 : nullptr);
+    for (int64_t i = 0; i < nt; ++i) {
+      dtT[i * W + j] = tmp[i];
+      if (dspT) dspT[i * W + j] = tmp2[i];
+      uT[i * W + j] = ur[i * a.u.sl];
+    }
+  }
+}
+
 // Forward. One task owns W = kLanes consecutive channels of one group (they share B_t and
 // C_t) in one batch row, and puts one channel in each vector lane: the state is hT[n][lane],
 // the step sizes and inputs of a chunk are transposed to [t][lane], and every operation
@@ -184,18 +205,11 @@ void forward_kernel(const ScanArgs<T>& a, const T* h0, const Strided<T>& out, T*
         // the chunk's Δ and u, transposed to [t][lane]; checkpoint of the state before it
         std::fill(dtT.begin(), dtT.end(), T(0));
         std::fill(uT.begin(), uT.end(), T(0));
-        for (int64_t j = 0; j < lanes; ++j) {
-          const int64_t row = b * a.dim + d0 + j;
-          const T* dl = a.delta.row(b, d0 + j) + t0 * a.delta.sl;
-          const T* ur = a.u.row(b, d0 + j) + t0 * a.u.sl;
-          for (int64_t i = 0; i < nt; ++i) row_in[i] = dl[i * a.delta.sl];
-          step_sizes(row_in.data(), a.bias ? a.bias[d0 + j] : T(0), a.softplus, nt, tmp.data(),
-                     static_cast<T*>(nullptr));
-          for (int64_t i = 0; i < nt; ++i) {
-            dtT[i * W + j] = tmp[i];
-            uT[i * W + j] = ur[i * a.u.sl];
-          }
-          if (ckpt) {
+        load_chunk_lanes(a, b, d0, lanes, t0, nt, dtT.data(), static_cast<T*>(nullptr), uT.data(),
+                         row_in.data(), tmp.data(), static_cast<T*>(nullptr));
+        if (ckpt) {
+          for (int64_t j = 0; j < lanes; ++j) {
+            const int64_t row = b * a.dim + d0 + j;
             for (int64_t n = 0; n < N; ++n) ckpt[(row * nc + c) * N + n] = hT[n * W + j];
           }
         }
@@ -314,18 +328,10 @@ void backward_kernel(const ScanArgs<T>& a, const Strided<const T>& dout, const T
           std::fill(uT.begin(), uT.end(), T(0));
           std::fill(dyT.begin(), dyT.end(), T(0));
           std::fill(hcT.begin(), hcT.end(), T(0));
+          load_chunk_lanes(a, b, d0, lanes, t0, nt, dtT.data(), dspT.data(), uT.data(), row_in.data(),
+                           tmp.data(), tmp2.data());
           for (int64_t j = 0; j < lanes; ++j) {
             const int64_t row = b * a.dim + d0 + j;
-            const T* dl = a.delta.row(b, d0 + j) + t0 * a.delta.sl;
-            const T* ur = a.u.row(b, d0 + j) + t0 * a.u.sl;
-            for (int64_t i = 0; i < nt; ++i) row_in[i] = dl[i * a.delta.sl];
-            step_sizes(row_in.data(), a.bias ? a.bias[d0 + j] : T(0), a.softplus, nt, tmp.data(),
-                       tmp2.data());
-            for (int64_t i = 0; i < nt; ++i) {
-              dtT[i * W + j] = tmp[i];
-              dspT[i * W + j] = tmp2[i];
-              uT[i * W + j] = ur[i * a.u.sl];
-            }
             for (int64_t n = 0; n < N; ++n) hcT[n * W + j] = ckpt[(row * nc + c) * N + n];
           }
 
