@@ -30,4 +30,16 @@ inline int64_t channel_block(int64_t batch, int64_t channels, int64_t max_block)
   return std::min(blk, channels);
 }
 
+// The layout rule of the kernels that take (B, D, L) sequences (selective scan, causal
+// conv): a tensor is "channel-last" when its channels are contiguous (a transposed view of a
+// (B, L, D) tensor: stride 1 over D, not over L). Outputs are allocated in an input's layout,
+// so such views go through without transposed copies; seqzoo/ops/_layout.py is the same rule
+// for the fake kernels.
+inline bool channel_last(const at::Tensor& t) { return t.stride(1) == 1 && t.stride(2) != 1; }
+
+inline at::Tensor empty_in_layout_of(const at::Tensor& like, int64_t B, int64_t D, int64_t L,
+                                     const at::TensorOptions& opts) {
+  return channel_last(like) ? at::empty({B, L, D}, opts).transpose(1, 2) : at::empty({B, D, L}, opts);
+}
+
 }  // namespace seqzoo

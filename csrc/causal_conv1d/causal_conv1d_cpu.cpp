@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "causal_conv1d/causal_conv1d.h"
+#include "common.h"
 #include "dynamic_parallel.h"
 #include "vec_math.h"
 
@@ -153,15 +154,6 @@ void backward_kernel(const ConvArgs<T>& a, const Rows<const T>& dout, const T* d
 
 bool present(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
-// The layout rule of the outputs (the fake kernels in seqzoo/ops/causal_conv1d/_op.py apply
-// the same): channels contiguous when x's are (stride 1 over D, not over L), else rows.
-bool channel_last(const at::Tensor& t) { return t.stride(1) == 1 && t.stride(2) != 1; }
-
-at::Tensor empty_in_layout_of(const at::Tensor& x, const at::TensorOptions& opts) {
-  const int64_t B = x.size(0), D = x.size(1), L = x.size(2);
-  return channel_last(x) ? at::empty({B, L, D}, opts).transpose(1, 2) : at::empty({B, D, L}, opts);
-}
-
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -213,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d_fwd_cpu(const at::Tensor& x_,
                                                          bool silu) {
   check_causal_conv1d_inputs(x_, weight_, bias_, init_, false);
   const int64_t B = x_.size(0), D = x_.size(1), L = x_.size(2), W = weight_.size(1);
-  auto out = empty_in_layout_of(x_, x_.options());
+  auto out = empty_in_layout_of(x_, B, D, L, x_.options());
   auto final_states = at::empty({B, D, W - 1}, x_.options());
   if (B * D == 0) return {out, final_states};
   const auto& x = x_;  // read through its strides
@@ -244,7 +236,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd_cpu
                 dfinal_->sizes());
   }
   const auto opts = x_.options();
-  auto dx = empty_in_layout_of(x_, opts);
+  auto dx = empty_in_layout_of(x_, B, D, L, opts);
   auto dinit = at::empty({B, D, W - 1}, opts);
   auto dw_part = at::zeros({B, D, W}, opts);
   auto db_part = at::zeros({B, D}, opts);

@@ -30,6 +30,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common.h"
 #include "dynamic_parallel.h"
 #include "selective_scan/selective_scan.h"
 #include "vec_math.h"
@@ -482,17 +483,6 @@ at::Tensor contiguous_or_empty(const c10::optional<at::Tensor>& t) {
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-// Is a (B, D, L) tensor stored with its channels contiguous (a transposed view of a (B, L, D)
-// tensor)? The outputs are allocated in the layout of an input (seqzoo/ops/selective_scan
-// /_op.py's fake kernels apply the same rule), so Mamba's (B, L, E) projections are read and
-// written without a transposed copy on either side of the scan.
-bool channel_last(const at::Tensor& t) { return t.stride(1) == 1 && t.stride(2) != 1; }
-
-at::Tensor empty_in_layout_of(const at::Tensor& like, int64_t B, int64_t D, int64_t L,
-                              const at::TensorOptions& opts) {
-  return channel_last(like) ? at::empty({B, L, D}, opts).transpose(1, 2) : at::empty({B, D, L}, opts);
 }
 
 // (B, G, N, L) -> (B, G, L, Np), zero-padded in the last dim.

@@ -10,28 +10,21 @@ from __future__ import annotations
 
 import torch
 
-
-def _like_x(x):
-    """out / dx: in x's layout on a CPU (channels contiguous when x's are: stride 1 over D, not
-    over L; csrc/causal_conv1d/causal_conv1d_cpu.cpp's rule), contiguous elsewhere."""
-    B, D, L = x.shape
-    if x.device.type == "cpu" and x.stride(1) == 1 and x.stride(2) != 1:
-        return x.new_empty(B, L, D).transpose(1, 2)
-    return x.new_empty(B, D, L)
+from seqzoo.ops._layout import empty_in_layout_of
 
 
 @torch.library.register_fake("seqzoo::causal_conv1d")
 def _causal_conv1d_fake(x, weight, bias, initial_states, silu):
     torch._check(x.dim() == 3 and weight.dim() == 2, lambda: "causal_conv1d: x (B, D, L), weight (D, W)")
     B, D, L = x.shape
-    return _like_x(x), x.new_empty(B, D, weight.shape[1] - 1)
+    return empty_in_layout_of(x, B, D, L), x.new_empty(B, D, weight.shape[1] - 1)
 
 
 @torch.library.register_fake("seqzoo::causal_conv1d_backward")
 def _causal_conv1d_backward_fake(dout, dfinal, x, weight, bias, initial_states, silu):
     B, D, L = x.shape
     W = weight.shape[1]
-    return _like_x(x), x.new_empty(D, W), x.new_empty(D), x.new_empty(B, D, W - 1)
+    return empty_in_layout_of(x, B, D, L), x.new_empty(D, W), x.new_empty(D), x.new_empty(B, D, W - 1)
 
 
 def _setup_context(ctx, inputs, output):

@@ -12,24 +12,14 @@ and allocate each (B, D, L) output in the layout of an input: ``out`` as z (as u
 z), du as u, ddelta as delta, dz as z, "channels contiguous" for a transposed view of a
 (B, L, D) tensor (stride 1 over D, not over L), rows contiguous otherwise. The CUDA
 kernels take and return contiguous tensors (the wrapper makes them so). The fake kernels
-below apply the same rule.
+below apply the same rule (seqzoo/ops/_layout.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-
-def _channel_last(t) -> bool:
-    """The layout rule of csrc/selective_scan/selective_scan_cpu.cpp's ``channel_last``."""
-    return t.stride(1) == 1 and t.stride(2) != 1
-
-
-def _empty_like_layout(like, B, D, L):
-    """An empty (B, D, L) tensor in ``like``'s layout on a CPU, contiguous elsewhere."""
-    if like.device.type == "cpu" and _channel_last(like):
-        return like.new_empty(B, L, D).transpose(1, 2)
-    return like.new_empty(B, D, L)
+from seqzoo.ops._layout import empty_in_layout_of
 
 
 def _n_chunks(L, chunk: int):
@@ -42,7 +32,7 @@ def _selective_scan_fake(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus
     torch._check(A.dim() == 2 and B.dim() == 4 and C.dim() == 4, lambda: "selective_scan: bad A/B/C rank")
     Bsz, Dm, L = u.shape
     N = A.shape[1]
-    out = _empty_like_layout(z if z is not None else u, Bsz, Dm, L)
+    out = empty_in_layout_of(z if z is not None else u, Bsz, Dm, L)
     return out, u.new_empty(Bsz, Dm, N), u.new_empty(Bsz, Dm, _n_chunks(L, chunk), N)
 
 
@@ -50,10 +40,10 @@ def _selective_scan_fake(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus
 def _selective_scan_backward_fake(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_softplus, chunk):
     Bsz, Dm, L = u.shape
     N = A.shape[1]
-    dz = _empty_like_layout(z, Bsz, Dm, L) if z is not None else u.new_empty(0)
+    dz = empty_in_layout_of(z, Bsz, Dm, L) if z is not None else u.new_empty(0)
     return (
-        _empty_like_layout(u, Bsz, Dm, L),  # du
-        _empty_like_layout(delta, Bsz, Dm, L),  # ddelta
+        empty_in_layout_of(u, Bsz, Dm, L),  # du
+        empty_in_layout_of(delta, Bsz, Dm, L),  # ddelta
         u.new_empty(A.shape),  # dA
         u.new_empty(B.shape),  # dB
         u.new_empty(C.shape),  # dC
