@@ -41,6 +41,11 @@ class SSMOutput(nn.Module):
             raise ValueError(f"unknown output {output!r}; valid: glu, linear, identity, half_glu1, half_glu2")
 
     def forward(self, y: Tensor) -> Tensor:
+        # The SSM layers hand y over as a (B, L, H) view of their (B, H, L) convolution. On CPU
+        # an activation's backward whose input is such a view and whose gradient (from the
+        # projection) is contiguous takes the scalar path: GELU's was 12x slower than one
+        # contiguous copy and the vectorised pass (32x256x64: 1.47 ms against 0.12 ms).
+        y = y.contiguous()
         a = self.dropout(self.activation(y))
         if self.output == "half_glu1":
             return a * torch.sigmoid(self.proj(a))
