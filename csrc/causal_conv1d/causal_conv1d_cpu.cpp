@@ -12,6 +12,10 @@
 // x and dout are read through their strides, and out and dx are written in x's layout:
 // rows contiguous, or channels contiguous for a transposed view of a (B, L, D) tensor
 // (Mamba's projection), which then goes through without a transposed copy either way.
+// When x (and dout) have their channels contiguous, the kernels run over blocks of
+// channels in the vector lanes instead of over rows (a row would be a strided gather):
+// the same arithmetic per value in the same order, so out, dx and the initial states'
+// gradient are the same numbers; dweight and dbias are sums over t in another order.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -152,6 +156,200 @@ void backward_kernel(const ConvArgs<T>& a, const Rows<const T>& dout, const T* d
   });
 }
 
+
+// ---- channels contiguous: x[b, d, t] at x.p + b * sb + t * sl + d (sd == 1)
+//
+// One job per (b, block of kChannelBlock channels); a block's inputs are copied to xp
+// (P + L, n) and its pre-activations live in (L, n), so every inner loop runs over n
+// contiguous channels (a compile-time n for full blocks, NB = kChannelBlock).
+
+constexpr int64_t kChannelBlock = 64;
+
+template <typename T>
+bool channels_contiguous(const Rows<T>& r) {
+  return r.sd == 1;
+}
+
+// (W, D) copy of the (D, W) taps: tap k of consecutive channels is contiguous
+template <typename T>
+std::vector<T> taps_by_channel(const T* weight, int64_t D, int64_t W) {
+  std::vector<T> wt(W * D);
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t k = 0; k < W; ++k) wt[k * D + d] = weight[d * W + k];
+  return wt;
+}
+
+template <typename T>
+struct Block {
+  const ConvArgs<T>& a;
+  const T* wt;  // (W, D)
+  int64_t b, d0;
+
+  // xp (P + L, n): the W-1 carried inputs of channels d0.., then x
+  template <int64_t NB>
+  void load(int64_t n_rt, T* xp) const {
+    const int64_t n = NB > 0 ? NB : n_rt, P = a.width - 1, D = a.dim;
+    for (int64_t i = 0; i < P; ++i) {
+      T* dst = xp + i * n;
+      for (int64_t j = 0; j < n; ++j) dst[j] = a.initial ? a.initial[(b * D + d0 + j) * P + i] : T(0);
+    }
+    const T* xb = a.x.p + b * a.x.sb + d0;
+    for (int64_t t = 0; t < a.len; ++t) {
+      const T* src = xb + t * a.x.sl;
+      T* dst = xp + (P + t) * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) dst[j] = src[j];
+    }
+  }
+
+  // y (L, n) = bias + sum_k w_k xp[t+k], in conv_row's order
+  template <int64_t NB>
+  void conv(int64_t n_rt, const T* xp, T* y) const {
+    const int64_t n = NB > 0 ? NB : n_rt, D = a.dim, W = a.width;
+    for (int64_t t = 0; t < a.len; ++t) {
+      T* yt = y + t * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) yt[j] = a.bias ? a.bias[d0 + j] : T(0);
+      for (int64_t k = 0; k < W; ++k) {
+        const T* wk = wt + k * D + d0;
+        const T* src = xp + (t + k) * n;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) yt[j] += wk[j] * src[j];
+      }
+    }
+  }
+
+  template <int64_t NB>
+  void forward(int64_t n_rt, T* xp, T* y, const Rows<T>& out, T* final_states) const {
+    const int64_t n = NB > 0 ? NB : n_rt, L = a.len, P = a.width - 1, D = a.dim;
+    load<NB>(n, xp);
+    conv<NB>(n, xp, y);
+    T* ob = out.p + b * out.sb + d0;
+    for (int64_t t = 0; t < L; ++t) {
+      T* yt = y + t * n;
+      T* o = ob + t * out.sl;
+      if (a.silu) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) o[j] = yt[j] * vmath::sigmoid(yt[j]);
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) o[j] = yt[j];
+      }
+    }
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = 0; i < P; ++i) final_states[(b * D + d0 + j) * P + i] = xp[(L + i) * n + j];
+  }
+
+  template <int64_t NB>
+  void backward(int64_t n_rt, T* xp, T* dy, T* dw, T* db, const Rows<const T>& dout, const T* dfinal,
+                const Rows<T>& dx, T* dinitial, T* dw_part, T* db_part) const {
+    const int64_t n = NB > 0 ? NB : n_rt, L = a.len, W = a.width, P = W - 1, D = a.dim;
+    load<NB>(n, xp);
+    const T* gb = dout.p + b * dout.sb + d0;
+    if (a.silu) {  // dy = dout * silu'(y), y recomputed
+      conv<NB>(n, xp, dy);
+      for (int64_t t = 0; t < L; ++t) {
+        T* dyt = dy + t * n;
+        const T* go = gb + t * dout.sl;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          const T y = dyt[j], s = vmath::sigmoid(y);
+          dyt[j] = go[j] * s * (T(1) + y * (T(1) - s));
+        }
+      }
+    } else {
+      for (int64_t t = 0; t < L; ++t) {
+        const T* go = gb + t * dout.sl;
+        T* dyt = dy + t * n;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) dyt[j] = go[j];
+      }
+    }
+    // One pass over the positions i of xp: d xp_i = [dfinal] + sum_k w_k dy_{i-k}, added in
+    // the order of k (backward_kernel's), and d weight_k += dy_{i-k} xp_i, d bias += dy_i
+    // (sums over t in order, per channel).
+    T* dxb = dx.p + b * dx.sb + d0;
+    T* acc = db + n;  // scratch (n) after db
+    std::fill(dw, dw + W * n, T(0));
+    std::fill(db, db + n, T(0));
+    for (int64_t i = 0; i < P + L; ++i) {
+      T* dxi = i < P ? acc : dxb + (i - P) * dx.sl;
+      const T* xi = xp + i * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) dxi[j] = T(0);
+      if (i >= L && dfinal) {
+        for (int64_t j = 0; j < n; ++j) dxi[j] += dfinal[(b * D + d0 + j) * P + i - L];
+      }
+      for (int64_t k = 0; k < W; ++k) {
+        const int64_t t = i - k;
+        if (t < 0 || t >= L) continue;
+        const T* wk = wt + k * D + d0;
+        const T* dyt = dy + t * n;
+        T* dwk = dw + k * n;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          dxi[j] += wk[j] * dyt[j];
+          dwk[j] += dyt[j] * xi[j];
+        }
+      }
+      if (i < L) {
+        const T* dyi = dy + i * n;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) db[j] += dyi[j];
+      }
+      if (i < P) {
+        for (int64_t j = 0; j < n; ++j) dinitial[(b * D + d0 + j) * P + i] = dxi[j];
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t k = 0; k < W; ++k) dw_part[(b * D + d0 + j) * W + k] = dw[k * n + j];
+      db_part[b * D + d0 + j] = db[j];
+    }
+  }
+};
+
+template <typename T>
+void forward_kernel_cl(const ConvArgs<T>& a, const Rows<T>& out, T* final_states) {
+  const int64_t L = a.len, P = a.width - 1, D = a.dim;
+  const int64_t blocks = (D + kChannelBlock - 1) / kChannelBlock;
+  const auto wt = taps_by_channel(a.weight, D, a.width);
+  parallel_jobs(a.batch * blocks, 1, [&](auto next_job) {
+    std::vector<T> xp((P + L) * kChannelBlock), y(L * kChannelBlock);
+    for (int64_t job; (job = next_job()) >= 0;) {
+      const Block<T> blk{a, wt.data(), job / blocks, (job % blocks) * kChannelBlock};
+      const int64_t n = std::min(kChannelBlock, D - blk.d0);
+      if (n == kChannelBlock) {
+        blk.template forward<kChannelBlock>(n, xp.data(), y.data(), out, final_states);
+      } else {
+        blk.template forward<0>(n, xp.data(), y.data(), out, final_states);
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel_cl(const ConvArgs<T>& a, const Rows<const T>& dout, const T* dfinal, const Rows<T>& dx,
+                        T* dinitial, T* dw_part, T* db_part) {
+  const int64_t L = a.len, W = a.width, P = W - 1, D = a.dim;
+  const int64_t blocks = (D + kChannelBlock - 1) / kChannelBlock;
+  const auto wt = taps_by_channel(a.weight, D, W);
+  parallel_jobs(a.batch * blocks, 1, [&](auto next_job) {
+    std::vector<T> xp((P + L) * kChannelBlock), dy(L * kChannelBlock), dw(W * kChannelBlock),
+        db(2 * kChannelBlock);
+    for (int64_t job; (job = next_job()) >= 0;) {
+      const Block<T> blk{a, wt.data(), job / blocks, (job % blocks) * kChannelBlock};
+      const int64_t n = std::min(kChannelBlock, D - blk.d0);
+      if (n == kChannelBlock) {
+        blk.template backward<kChannelBlock>(n, xp.data(), dy.data(), dw.data(), db.data(), dout, dfinal, dx,
+                                             dinitial, dw_part, db_part);
+      } else {
+        blk.template backward<0>(n, xp.data(), dy.data(), dw.data(), db.data(), dout, dfinal, dx, dinitial,
+                                 dw_part, db_part);
+      }
+    }
+  });
+}
+
 bool present(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 template <typename T>
@@ -216,7 +414,12 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d_fwd_cpu(const at::Tensor& x_,
     const ConvArgs<scalar_t> args{rows_of<const scalar_t>(x), weight.data_ptr<scalar_t>(),
                                   ptr_or_null<scalar_t>(bias), ptr_or_null<scalar_t>(init),
                                   B, D, L, W, silu};
-    forward_kernel<scalar_t>(args, rows_of<scalar_t>(out), final_states.data_ptr<scalar_t>());
+    const auto o = rows_of<scalar_t>(out);
+    if (channels_contiguous(args.x) && channels_contiguous(o)) {
+      forward_kernel_cl<scalar_t>(args, o, final_states.data_ptr<scalar_t>());
+    } else {
+      forward_kernel<scalar_t>(args, o, final_states.data_ptr<scalar_t>());
+    }
   });
   return {out, final_states};
 }
@@ -252,9 +455,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd_cpu
       const ConvArgs<scalar_t> args{rows_of<const scalar_t>(x), weight.data_ptr<scalar_t>(),
                                     ptr_or_null<scalar_t>(bias), ptr_or_null<scalar_t>(init),
                                     B, D, L, W, silu};
-      backward_kernel<scalar_t>(args, rows_of<const scalar_t>(dout), ptr_or_null<scalar_t>(dfinal),
-                                rows_of<scalar_t>(dx), dinit.data_ptr<scalar_t>(),
-                                dw_part.data_ptr<scalar_t>(), db_part.data_ptr<scalar_t>());
+      const auto go = rows_of<const scalar_t>(dout);
+      const auto gx = rows_of<scalar_t>(dx);
+      const bool cl = channels_contiguous(args.x) && channels_contiguous(go) && channels_contiguous(gx);
+      (cl ? backward_kernel_cl<scalar_t> : backward_kernel<scalar_t>)(
+          args, go, ptr_or_null<scalar_t>(dfinal), gx, dinit.data_ptr<scalar_t>(),
+          dw_part.data_ptr<scalar_t>(), db_part.data_ptr<scalar_t>());
     });
   }
   return {dx, dw_part.sum(0), db_part.sum(0), dinit};

@@ -139,6 +139,38 @@ def test_channel_last_input_without_copies():
         assert rel_err(a, r) < 1e-14
 
 
+@pytest.mark.parametrize("W, act, state", [(4, "silu", True), (3, None, False), (1, "silu", True)])
+def test_channel_blocks_match_rows(W, act, state):
+    """Channels contiguous: the kernels run over blocks of 64 channels in the vector lanes
+    (D = 70: one full block and one of 6). float64 values and gradients (with a gradient of
+    the final states) equal the reference; in float32, out, final states, dx and the initial
+    states' gradient are the same numbers as the row kernels' on the same values (the same
+    arithmetic in the same order), dweight and dbias agree to rounding (sums in another order)."""
+    backend = compiled_backend("causal_conv1d", "cpu")
+    x, w, b, s = _inputs(B=3, D=70, L=37, W=W, state=state)
+    xc = _projection_half(x)
+    out, final, grads = _run(lambda *a: causal_conv1d(*a, backend=backend), xc, w, b, s, act)
+    out_r, final_r, grads_r = _run(ref.causal_conv1d, x, w, b, s, act)
+    assert out.stride(1) == 1
+    assert rel_err(out, out_r) < 1e-12 and rel_err(final, final_r) < 1e-12
+    for name, a, r in zip("xwbs", grads, grads_r):
+        assert rel_err(a, r) < 1e-12, f"d{name}"
+    silu = act == "silu"
+    xf, wf, bf = (t.detach().float() for t in (x, w, b))
+    sf = s.detach().float() if state else None
+    g = torch.Generator().manual_seed(5)
+    dout = torch.randn(3, 37, 70, generator=g).transpose(1, 2)  # channels contiguous
+    dfinal = torch.randn(3, 70, W - 1, generator=g)
+    xcf = _projection_half(xf)
+    blocks = torch.ops.seqzoo.causal_conv1d(xcf, wf, bf, sf, silu)
+    rows = torch.ops.seqzoo.causal_conv1d(xf.contiguous(), wf, bf, sf, silu)
+    assert all(torch.equal(a, r) for a, r in zip(blocks, rows))
+    gb = torch.ops.seqzoo.causal_conv1d_backward(dout, dfinal, xcf, wf, bf, sf, silu)
+    gr = torch.ops.seqzoo.causal_conv1d_backward(dout.contiguous(), dfinal, xf.contiguous(), wf, bf, sf, silu)
+    assert gb[0].stride(1) == 1 and torch.equal(gb[0], gr[0]) and torch.equal(gb[3], gr[3])  # dx, d initial
+    assert rel_err(gb[1].double(), gr[1].double()) < 1e-5 and rel_err(gb[2].double(), gr[2].double()) < 1e-5
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck_and_opcheck(device):
     backend = compiled_backend("causal_conv1d", device)
