@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from seqzoo.layer import LayerInputError, SequenceLayer
-from seqzoo.modules.rope import apply_rope, rope_cos_sin
+from seqzoo.modules.rope import rope_cos_sin, rope_qkv
 from seqzoo.registry import register
 
 
@@ -66,12 +66,11 @@ class Attention(SequenceLayer):
     def _qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, L, D), positions (B, L), or (1, L) when every row has the same -> q, k, v
         (B, nh, L, hd). q and k are rotated in one pass (a contiguous (2, B, nh, L, hd) result)."""
-        qkv = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads)
+        y = self.qkv(x)
         if not self.config.rope:
-            return qkv.unbind(0)
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.config.rope_base, dtype=qkv.dtype)  # (B|1, L, hd/2)
-        q, k = apply_rope(qkv[:2], cos[None, :, None], sin[None, :, None]).unbind(0)
-        return q, k, qkv[2]
+            return rearrange(y, "b l (three h d) -> three b h l d", three=3, h=self.n_heads).unbind(0)
+        cos, sin = rope_cos_sin(positions, self.head_dim, self.config.rope_base, dtype=y.dtype)  # (B|1, L, hd/2)
+        return rope_qkv(y, self.n_heads, cos, sin)
 
     def _attend(self, q, k, v, mask=None, causal=False):
         p = self.config.dropout if self.training else 0.0
