@@ -38,13 +38,14 @@ class _RotateQK(torch.autograd.Function):
     a sum of two terms does not depend on their order), and the backward is the rotation
     by -θ written the same way, placed straight into the projection's gradient (autograd
     went through zero-filled (3, B, H, L, hd) buffers, a transposed copy and six strided
-    multiplications: a quarter of a CPU attention step at L = 256, d_model 64)."""
+    multiplications: a CPU attention training step at L = 256, d_model 64 is 1.05-1.08x
+    faster)."""
 
     @staticmethod
     def forward(ctx, y, n_heads, cos, sin):
         B, L, three_d = y.shape
         hd = three_d // (3 * n_heads)
-        qkv = y.view(B, L, 3, n_heads, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd), a view
+        qkv = y.reshape(B, L, 3, n_heads, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd), a view
         cos_f = torch.cat([cos, cos], dim=-1)[None, :, None]  # (1, B|1, 1, L, hd)
         sin_f = torch.cat([-sin, sin], dim=-1)[None, :, None]
         x = qkv[:2]
