@@ -36,6 +36,13 @@ inline int64_t rows_grain(int64_t L, int64_t W) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, (L + W) * W));
 }
 
+// g * silu'(y) = g * s * (1 + y (1 - s)), s = sigmoid(y): the gradient of silu at y
+template <typename T>
+inline T silu_backward(T y, T g) {
+  const T s = vmath::sigmoid(y);
+  return g * s * (T(1) + y * (T(1) - s));
+}
+
 // A (B, D, L) tensor read or written through its strides.
 template <typename T>
 struct Rows {
@@ -122,8 +129,7 @@ void backward_kernel(const ConvArgs<T>& a, const Rows<const T>& dout, const T* d
         a.conv_row(d, xp.data(), dy.data());
 #pragma omp simd
         for (int64_t t = 0; t < L; ++t) {
-          const T y = dy[t], s = vmath::sigmoid(y);
-          dy[t] = go[t] * s * (T(1) + y * (T(1) - s));
+          dy[t] = silu_backward(dy[t], go[t]);
         }
       } else {
         std::copy(go, go + L, dy.data());
@@ -164,11 +170,6 @@ void backward_kernel(const ConvArgs<T>& a, const Rows<const T>& dout, const T* d
 // contiguous channels (a compile-time n for full blocks, NB = kChannelBlock).
 
 constexpr int64_t kChannelBlock = 64;
-
-template <typename T>
-bool channels_contiguous(const Rows<T>& r) {
-  return r.sd == 1;
-}
 
 // (W, D) copy of the (D, W) taps: tap k of consecutive channels is contiguous
 template <typename T>
@@ -253,8 +254,7 @@ struct Block {
         const T* go = gb + t * dout.sl;
 #pragma omp simd
         for (int64_t j = 0; j < n; ++j) {
-          const T y = dyt[j], s = vmath::sigmoid(y);
-          dyt[j] = go[j] * s * (T(1) + y * (T(1) - s));
+          dyt[j] = silu_backward(dyt[j], go[j]);
         }
       }
     } else {
@@ -414,12 +414,9 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d_fwd_cpu(const at::Tensor& x_,
     const ConvArgs<scalar_t> args{rows_of<const scalar_t>(x), weight.data_ptr<scalar_t>(),
                                   ptr_or_null<scalar_t>(bias), ptr_or_null<scalar_t>(init),
                                   B, D, L, W, silu};
-    const auto o = rows_of<scalar_t>(out);
-    if (channels_contiguous(args.x) && channels_contiguous(o)) {
-      forward_kernel_cl<scalar_t>(args, o, final_states.data_ptr<scalar_t>());
-    } else {
-      forward_kernel<scalar_t>(args, o, final_states.data_ptr<scalar_t>());
-    }
+    const auto o = rows_of<scalar_t>(out);  // in x's layout (empty_in_layout_of)
+    (channel_last(x) ? forward_kernel_cl<scalar_t> : forward_kernel<scalar_t>)(
+        args, o, final_states.data_ptr<scalar_t>());
   });
   return {out, final_states};
 }
@@ -455,11 +452,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd_cpu
       const ConvArgs<scalar_t> args{rows_of<const scalar_t>(x), weight.data_ptr<scalar_t>(),
                                     ptr_or_null<scalar_t>(bias), ptr_or_null<scalar_t>(init),
                                     B, D, L, W, silu};
-      const auto go = rows_of<const scalar_t>(dout);
-      const auto gx = rows_of<scalar_t>(dx);
-      const bool cl = channels_contiguous(args.x) && channels_contiguous(go) && channels_contiguous(gx);
+      const bool cl = channel_last(x) && channel_last(dout);  // dx is in x's layout
       (cl ? backward_kernel_cl<scalar_t> : backward_kernel<scalar_t>)(
-          args, go, ptr_or_null<scalar_t>(dfinal), gx, dinit.data_ptr<scalar_t>(),
+          args, rows_of<const scalar_t>(dout), ptr_or_null<scalar_t>(dfinal), rows_of<scalar_t>(dx),
+          dinit.data_ptr<scalar_t>(),
           dw_part.data_ptr<scalar_t>(), db_part.data_ptr<scalar_t>());
     });
   }
